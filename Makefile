@@ -1,0 +1,38 @@
+# Two entry points on a fresh machine: `make serve` and `make test`.
+# Both create .venv and install the project with the build extra (torch pinned to the
+# local CPU wheel first, so nothing pulls CUDA packages).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install serve test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[build,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the service on the default model (built once and cached on first start).
+serve: $(STAMP)
+	$(BIN)/simsvc serve
+
+## Lint, type-check and run every test.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

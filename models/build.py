@@ -1,0 +1,231 @@
+"""`simsvc build`: checkpoint -> ONNX (with parity) -> whitening -> pair head -> bundle.
+
+The bundle is assembled in a temporary directory beside the target and moved into place
+only when complete, so a failed build never leaves a half-bundle behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from models.datasets import read_pairs, read_texts
+from models.evaluate import evaluate_pairs
+from models.export_onnx import PARITY_TEXTS, check_parity, export_onnx, load_checkpoint
+from service import __version__
+from service.runtime.bundle import (
+    FORMAT_VERSION,
+    HEAD_FILE,
+    WHITENING_FILE,
+    Bundle,
+    Dims,
+    HeadInfo,
+    Manifest,
+    SourceInfo,
+    WhiteningInfo,
+    load_bundle,
+    write_manifest,
+)
+from service.runtime.encoder import OnnxEncoder, encode_stream, encode_texts
+from service.runtime.head import make_views
+from service.runtime.stats import anisotropy
+from service.runtime.types import POOLINGS
+from service.runtime.whitening import Whitening, WhiteningAccumulator
+
+log = logging.getLogger("simsvc.build")
+ANISOTROPY_SAMPLE = 10_000
+
+
+@dataclass
+class BuildOptions:
+    """Everything `simsvc build` takes."""
+
+    model: str
+    out: Path
+    pooling: str = "auto"
+    whiten_on: list[Path] = field(default_factory=list)
+    whiten_dim: int | None = None
+    head_pairs: Path | None = None
+    head: str = "lr"
+    calibration: str | None = None
+    max_length: int | None = None
+    opset: int = 17
+    eval_on: list[Path] = field(default_factory=list)
+    threads: int = 0
+    force: bool = False
+    parity_min_cosine: float = 0.99999
+
+
+def _texts(files: list[Path]) -> Iterator[str]:
+    for f in files:
+        yield from read_texts(f)
+
+
+def fit_whitening(
+    encoder: OnnxEncoder,
+    pooling: str,
+    files: list[Path],
+    k: int | None,
+    say: Callable[[str], None],
+) -> tuple[Whitening, WhiteningInfo]:
+    """Accumulate mean and covariance chunk by chunk over the corpus, then fit W_k."""
+    acc = WhiteningAccumulator(encoder.dims)
+    sample: list[np.ndarray] = []
+    kept = 0
+    for _chunk, vectors in encode_stream(encoder, _texts(files)):
+        acc.update(vectors[pooling])
+        if kept < ANISOTROPY_SAMPLE:
+            take = vectors[pooling][: ANISOTROPY_SAMPLE - kept]
+            sample.append(take)
+            kept += len(take)
+        say(f"whitening: {acc.count} texts encoded")
+    whitening = acc.fit(k)
+    raw = np.concatenate(sample)
+    info = WhiteningInfo(
+        fitted=True,
+        k=whitening.dims_out,
+        corpus=", ".join(f.name for f in files),
+        count=acc.count,
+        anisotropy_before={k_: round(v, 4) for k_, v in anisotropy(raw).items()},
+        anisotropy_after={k_: round(v, 4) for k_, v in anisotropy(whitening.apply(raw)).items()},
+    )
+    return whitening, info
+
+
+def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> Manifest:
+    """Build a complete, verified bundle at `opts.out`."""
+    import onnxruntime
+    import torch
+    import transformers
+
+    if opts.out.exists() and not opts.force:
+        raise FileExistsError(f"{opts.out} exists; pass --force to replace it")
+    started = time.time()
+    say(f"loading {opts.model}")
+    ckpt = load_checkpoint(opts.model)
+    pooling = opts.pooling if opts.pooling != "auto" else (ckpt.st_pooling or "first_last_avg")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS} or auto, got {pooling!r}")
+    max_length = opts.max_length or min(ckpt.st_max_length or 512, ckpt.max_positions, 512)
+    if not 8 <= max_length <= ckpt.max_positions:
+        raise ValueError(f"max length must be in 8..{ckpt.max_positions}, got {max_length}")
+
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    work = opts.out.parent / f".{opts.out.name}.building-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        say(f"exporting to ONNX (opset {opts.opset})")
+        inputs = export_onnx(ckpt, work, opts.opset)
+        pad_id = ckpt.tokenizer.pad_token_id
+        encoder = OnnxEncoder(
+            work / "model.onnx",
+            work / "tokenizer.json",
+            max_length,
+            pad_id=0 if pad_id is None else int(pad_id),
+            threads=opts.threads,
+        )
+        parity_texts = list(PARITY_TEXTS) + list(islice(_texts(opts.whiten_on), 24))
+        parity, tokenizer_match = check_parity(ckpt, encoder, parity_texts)
+        worst = min(p.min_cosine for p in parity.values())
+        say(f"parity: min cosine {worst:.7f}, tokenizer match {tokenizer_match}")
+        if worst < opts.parity_min_cosine or not tokenizer_match:
+            raise RuntimeError(
+                f"ONNX parity failed: min cosine {worst:.7f} (need {opts.parity_min_cosine}), "
+                f"tokenizer match {tokenizer_match}"
+            )
+
+        if opts.whiten_on:
+            whitening, winfo = fit_whitening(encoder, pooling, opts.whiten_on, opts.whiten_dim, say)
+        else:
+            if opts.whiten_dim is not None:
+                raise ValueError("--whiten-dim needs --whiten-on")
+            whitening, winfo = Whitening.identity(encoder.dims), WhiteningInfo(fitted=False)
+        whitening.save(work / WHITENING_FILE)
+
+        head_info = None
+        if opts.head_pairs is not None:
+            from models.train_head import train_head
+
+            pairs = read_pairs(opts.head_pairs)
+            say(f"head: encoding {len(pairs.pairs)} pairs from {opts.head_pairs.name}")
+            sentences = pairs.sentences()
+            where = {s: i for i, s in enumerate(sentences)}
+            raw = encode_texts(encoder, sentences)[pooling]
+            views = make_views(
+                raw,
+                whitening,
+                np.array([where[p.a] for p in pairs.pairs]),
+                np.array([where[p.b] for p in pairs.pairs]),
+            )
+            head, facts = train_head(
+                views,
+                pairs.targets(),
+                kind=opts.head,
+                calibration=opts.calibration,
+                binary=pairs.binary,
+            )
+            head.save(work / HEAD_FILE)
+            head_info = HeadInfo(
+                kind=opts.head,
+                calibration=facts["calibration"],
+                data=opts.head_pairs.name,
+                pairs=len(pairs.pairs),
+                targets="binary labels"
+                if pairs.binary
+                else f"soft labels (score - {pairs.low:g}) / {pairs.high - pairs.low:g}",
+                c=facts["c"],
+                cv_spearman=facts["cv_spearman"],
+            )
+            say(f"head: C={facts['c']}, cross-validated Spearman {facts['cv_spearman']}")
+
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            source=SourceInfo(
+                model=opts.model if not Path(opts.model).exists() else Path(opts.model).name,
+                model_type=ckpt.model_type,
+                architectures=ckpt.architectures,
+                pooler="trained" if ckpt.pooler_trained else "cls",
+            ),
+            pooling=pooling,
+            outputs=list(POOLINGS),
+            dims=Dims(hidden=encoder.dims, output=whitening.dims_out),
+            max_length=max_length,
+            pad_id=encoder.pad_id,
+            inputs=inputs,
+            opset=opts.opset,
+            parity=parity,
+            whitening=winfo,
+            head=head_info,
+            created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            versions={
+                "simsvc": __version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "onnxruntime": onnxruntime.__version__,
+            },
+        )
+        manifest = write_manifest(work, manifest)
+        if opts.eval_on:
+            bundle: Bundle = load_bundle(work)
+            for f in opts.eval_on:
+                manifest.evaluation[f.name] = evaluate_pairs(bundle, read_pairs(f), encoder)
+                say(f"evaluation on {f.name}: {manifest.evaluation[f.name]['spearman']}")
+            manifest = write_manifest(work, manifest)
+        load_bundle(work)  # the service's own check, before the bundle is moved into place
+        if opts.out.exists():
+            shutil.rmtree(opts.out)
+        os.replace(work, opts.out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    say(f"bundle written to {opts.out} in {time.time() - started:.0f} s")
+    return manifest

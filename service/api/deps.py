@@ -1,0 +1,30 @@
+"""FastAPI dependencies, as `Annotated` aliases the routes declare."""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+
+from service.api.state import AppState
+from service.errors import NotReadyError
+from service.runtime.engine import Engine
+
+
+def get_state(request: Request) -> AppState:
+    """The app's state object."""
+    return cast(AppState, request.app.state.simsvc)
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_engine(state: StateDep) -> Engine:
+    """The engine, or 503 while the model is loading."""
+    if state.engine is None:
+        reason = state.load_error or "the model is loading and warming up"
+        raise NotReadyError(f"not ready: {reason}")
+    return state.engine
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]

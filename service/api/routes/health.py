@@ -1,0 +1,98 @@
+"""Liveness, readiness, model information and the Prometheus scrape endpoint."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import __version__
+from service.api.deps import EngineDep, StateDep
+from service.api.responses import ORJSONResponse
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Alive: the process answers (no model needed)."""
+    return {"status": "ok"}
+
+
+@router.get("/live")
+async def live() -> dict[str, str]:
+    """Alive: the process answers (no model needed)."""
+    return {"status": "ok"}
+
+
+@router.get("/ready")
+async def ready(state: StateDep) -> ORJSONResponse:
+    """Ready: the bundle is loaded and a warm-up batch ran; 503 until then."""
+    if state.engine is None:
+        reason = state.load_error or "loading"
+        return ORJSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
+    return ORJSONResponse({"status": "ready"})
+
+
+@router.get("/info")
+async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
+    """The model, pooling, dims, whitening, head, limits and versions."""
+    import onnxruntime
+
+    settings = state.settings
+    manifest = state.bundle.manifest if state.bundle else None
+    whitening: dict[str, Any] = {"fitted": engine.whitening.fitted, "dims": engine.dims}
+    if not engine.whitening.fitted:
+        whitening["note"] = "identity transform: the bundle was built without --whiten-on"
+    if manifest is not None:
+        whitening.update(manifest.whitening.model_dump(exclude={"fitted"}))
+    return {
+        "model": engine.model_name,
+        "pooling": engine.pooling,
+        "poolings": list(engine.core.outputs),
+        "dims": {"hidden": engine.core.dims, "output": engine.dims},
+        "max_length": engine.core.max_length,
+        "whitening": whitening,
+        "head": (
+            None
+            if engine.head is None
+            else {
+                "kind": engine.head.kind,
+                "calibration": engine.head.calibration.kind,
+                "threshold": engine.threshold,
+                **(manifest.head.model_dump() if manifest and manifest.head else {}),
+            }
+        ),
+        "bundle": None
+        if manifest is None
+        else {
+            "sha": state.bundle.sha if state.bundle else "",
+            "format_version": manifest.format_version,
+            "opset": manifest.opset,
+            "quantization": manifest.quantization,
+            "parity": {k: v.model_dump() for k, v in manifest.parity.items()},
+            "evaluation": manifest.evaluation,
+        },
+        "limits": {
+            "max_texts_per_request": settings.max_texts_per_request,
+            "max_pairs_per_request": settings.max_pairs_per_request,
+            "max_chars_per_text": settings.max_chars_per_text,
+            "max_body_bytes": settings.max_body_bytes,
+            "max_batch_tokens": settings.max_batch_tokens,
+            "max_batch_size": settings.max_batch_size,
+            "max_queue_texts": settings.max_queue_texts,
+        },
+        "versions": {
+            "simsvc": __version__,
+            "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(state: StateDep) -> Response:
+    """Prometheus text format."""
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,46 @@
+"""Pair scoring: the service's own route and text-embeddings-inference's shape."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter
+
+from service.api.deps import EngineDep
+from service.api.responses import ORJSONResponse
+from service.api.routes.common import timing_headers
+from service.api.schemas import SimilarityRequest, SimilarityResponse, TEISimilarityRequest
+
+router = APIRouter(tags=["similarity"])
+
+
+@router.post("/v1/similarity", response_model=SimilarityResponse)
+async def score_pairs(body: SimilarityRequest, engine: EngineDep) -> ORJSONResponse:
+    """Score text pairs: cosine of whitened vectors and the pair head's calibrated probability."""
+    scored = await engine.similarity([(p.a, p.b) for p in body.pairs], truncate=body.truncate)
+    n = len(scored.scores)
+    probs = scored.probabilities if scored.probabilities is not None else [None] * n
+    similar = scored.similar if scored.similar is not None else [None] * n
+    results = [
+        {
+            "score": float(s),
+            "probability": None if p is None else float(p),
+            "similar": None if q is None else bool(q),
+        }
+        for s, p, q in zip(scored.scores, probs, similar, strict=True)
+    ]
+    return ORJSONResponse(
+        {"model": engine.model_name, "results": results}, headers=timing_headers(scored.timings)
+    )
+
+
+@router.post("/similarity", response_model=list[float])
+async def score_sentences(body: TEISimilarityRequest, engine: EngineDep) -> ORJSONResponse:
+    """Cosine of whitened vectors between a source sentence and each of `sentences` (TEI)."""
+    sentences = body.inputs.sentences
+    emb = await engine.embed(
+        [body.inputs.source_sentence, *sentences],
+        truncate=body.truncate,
+        limit=engine.limits.max_texts + 1,
+    )
+    scores = emb.vectors[1:] @ emb.vectors[0]
+    return ORJSONResponse(np.asarray(scores, dtype=np.float32), headers=timing_headers(emb.timings))

@@ -1,0 +1,173 @@
+"""The `simsvc` command: serve, build, evaluate (more subcommands register themselves here).
+
+Only this module and `service.main` construct `Settings`. Offline subcommands import the
+build extra lazily, with an actionable message when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from service.settings import Settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
+    """Settings from the environment, overridden by the options given on the command line."""
+    overrides = {k: v for k, v in fields.items() if v is not None}
+    return Settings(**overrides)
+
+
+def _configure_logging(level: str = "info", json_lines: bool = False) -> None:
+    from service.logs import configure_logging
+
+    configure_logging(level, json_lines)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.defaults import ensure_default_bundle
+    from service.main import create_app
+
+    settings = _settings(
+        args,
+        bundle=args.bundle,
+        host=args.host,
+        port=args.port,
+        model=args.model,
+        threads=args.threads,
+    )
+    _configure_logging(settings.log_level, settings.log_json)
+    if settings.bundle is None:
+        settings = settings.model_copy(update={"bundle": ensure_default_bundle(settings)})
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        log_config=None,
+    )
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    _configure_logging()
+    try:
+        from models.build import BuildOptions, build_bundle
+        from models.export_onnx import require_build_extra
+
+        require_build_extra()
+    except ImportError as exc:
+        print(f"simsvc build: {exc}", file=sys.stderr)
+        return 2
+    manifest = build_bundle(
+        BuildOptions(
+            model=args.model,
+            out=args.out,
+            pooling=args.pooling,
+            whiten_on=args.whiten_on,
+            whiten_dim=args.whiten_dim,
+            head_pairs=args.head_pairs,
+            head=args.head,
+            calibration=args.calibration,
+            max_length=args.max_length,
+            opset=args.opset,
+            eval_on=args.eval_on,
+            threads=args.threads,
+            force=args.force,
+        ),
+        say=lambda m: print(m, file=sys.stderr),
+    )
+    if manifest.evaluation:
+        from models.evaluate import format_table
+
+        print(format_table(manifest.evaluation))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.evaluate import evaluate_bundle, format_table
+
+    results = evaluate_bundle(args.bundle, args.sts, threads=args.threads, record=args.record)
+    print(json.dumps(results, indent=1) if args.json else format_table(results))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simsvc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the HTTP service")
+    p.add_argument("--bundle", type=Path, help="model bundle dir (default: build/cache one)")
+    p.add_argument("--model", help="checkpoint for the default bundle (SIMSVC_MODEL)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("build", help="build a model bundle from a checkpoint")
+    p.add_argument("--model", required=True, help="hub id or local checkpoint directory")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--pooling",
+        default="auto",
+        choices=["auto", "first_last_avg", "mean", "cls", "pooler"],
+        help="auto: a sentence-transformers checkpoint's own, else first_last_avg",
+    )
+    p.add_argument(
+        "--whiten-on",
+        type=Path,
+        action="append",
+        default=[],
+        help="texts (one per line) or a pair file; repeatable",
+    )
+    p.add_argument("--whiten-dim", type=int, help="keep the first K whitened components")
+    p.add_argument("--head-pairs", type=Path, help="labelled pairs to train the head on")
+    p.add_argument("--head", choices=["lr", "svm"], default="lr")
+    p.add_argument("--calibration", choices=["logistic", "sigmoid", "isotonic"])
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument(
+        "--eval-on",
+        type=Path,
+        action="append",
+        default=[],
+        help="pair file to evaluate on and record in the manifest; repeatable",
+    )
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an existing bundle")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("evaluate", help="Spearman and anisotropy of a bundle on labelled pairs")
+    p.add_argument("--bundle", required=True, type=Path)
+    p.add_argument(
+        "--sts",
+        required=True,
+        type=Path,
+        action="append",
+        help="STS-B TSV, Chinese 'id||s1||s2||score', or 's1<TAB>s2<TAB>label'",
+    )
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--record", action="store_true", help="store the figures in the manifest")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

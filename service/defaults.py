@@ -1,0 +1,92 @@
+"""The default bundle `simsvc serve` builds (once, then cached) when given none.
+
+Model: SIMSVC_MODEL, else the reference checkpoint in the shared folder, else
+sentence-transformers/all-MiniLM-L6-v2 from the hub. Whitening and head come from the
+shared STS-B train split when it is present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from service import __version__
+from service.errors import BundleError
+from service.runtime.bundle import load_bundle
+from service.settings import Settings
+
+log = logging.getLogger("simsvc")
+
+REFERENCE_MODEL = "models/refbert-en-L6-H384"
+HUB_FALLBACK = "sentence-transformers/all-MiniLM-L6-v2"
+STS_TRAIN = "data/stsb-en/train.tsv"
+
+
+def default_model(settings: Settings) -> str:
+    """The checkpoint the default bundle is built from."""
+    if settings.model:
+        return settings.model
+    reference = settings.shared / REFERENCE_MODEL
+    if (reference / "config.json").is_file():
+        return str(reference)
+    return HUB_FALLBACK
+
+
+def default_bundle_dir(settings: Settings, model: str, sts: Path | None) -> Path:
+    """Cache location keyed by the model, the fit data and this version."""
+    key = hashlib.sha256(f"{model}|{sts}|{__version__}".encode()).hexdigest()[:10]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name if Path(model).exists() else model)
+    return settings.cache_dir / "bundles" / f"{slug}-{key}"
+
+
+def ensure_default_bundle(settings: Settings, say: Callable[[str], None] = log.info) -> Path:
+    """Return a cached default bundle, building it first if needed."""
+    model = default_model(settings)
+    sts = settings.shared / STS_TRAIN
+    sts_file = sts if sts.is_file() else None
+    target = default_bundle_dir(settings, model, sts_file)
+    if (target / "manifest.json").is_file():
+        try:
+            load_bundle(target)
+            say(f"using cached default bundle {target}")
+            return target
+        except BundleError as exc:
+            say(f"cached bundle {target} is unusable ({exc}); rebuilding")
+    try:
+        from models.build import BuildOptions, build_bundle
+        from models.export_onnx import require_build_extra
+
+        require_build_extra()
+    except ImportError as exc:
+        raise SystemExit(
+            "no model bundle given and none can be built here: "
+            f"{exc}.\nEither install the build extra (pip install 'simsvc[build]'), or pass "
+            "--bundle DIR / set SIMSVC_BUNDLE to a bundle made by `simsvc build`."
+        ) from exc
+    say(
+        f"building the default bundle from {model} "
+        f"({'whitening + head from ' + str(sts_file) if sts_file else 'no fit data found'}) "
+        f"into {target}; this happens once"
+    )
+    try:
+        build_bundle(
+            BuildOptions(
+                model=model,
+                out=target,
+                whiten_on=[sts_file] if sts_file else [],
+                head_pairs=sts_file,
+                threads=settings.threads,
+                force=True,
+            ),
+            say,
+        )
+    except OSError as exc:
+        raise SystemExit(
+            f"cannot build the default bundle from {model}: {exc}\n"
+            "Set SIMSVC_MODEL to a local checkpoint directory or a reachable hub id, or "
+            "SIMSVC_SHARED to the folder holding models/refbert-en-L6-H384, or pass --bundle."
+        ) from exc
+    return target

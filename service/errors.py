@@ -1,0 +1,86 @@
+"""Domain errors. Each carries an `error_type`; the API maps types to status codes in one table.
+
+No HTTP here: the runtime raises these and the API layer translates them.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports to a client."""
+
+    error_type = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationError(ServiceError):
+    """The request is well-formed JSON but asks for something invalid."""
+
+    error_type = "validation"
+
+
+class TooManyTextsError(ServiceError):
+    """More texts (or pairs) in one request than the configured limit."""
+
+    error_type = "too_many_texts"
+
+
+class TextTooLongError(ServiceError):
+    """A text exceeds the character limit, or the token limit with truncation off."""
+
+    error_type = "text_too_long"
+
+
+class BodyTooLargeError(ServiceError):
+    """The request body exceeds the configured byte limit."""
+
+    error_type = "body_too_large"
+
+
+class QueueFullError(ServiceError):
+    """The batcher's queue is full; the client should retry later."""
+
+    error_type = "queue_full"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotReadyError(ServiceError):
+    """The model is still loading or warming up."""
+
+    error_type = "not_ready"
+
+
+class NotFoundError(ServiceError):
+    """A named resource does not exist."""
+
+    error_type = "not_found"
+
+
+class ConflictError(ServiceError):
+    """The request conflicts with the stored state."""
+
+    error_type = "conflict"
+
+
+class UnauthorizedError(ServiceError):
+    """No valid API key was presented."""
+
+    error_type = "unauthorized"
+
+
+class ForbiddenError(ServiceError):
+    """The API key lacks the scope the route needs."""
+
+    error_type = "forbidden"
+
+
+class BundleError(ServiceError):
+    """A model bundle is missing files, fails its hashes, or its dims disagree."""
+
+    error_type = "bad_bundle"

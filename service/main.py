@@ -1,0 +1,178 @@
+"""`create_app(settings)`: builds everything the service needs from plain settings.
+
+The lifespan verifies the bundle (a bad bundle stops the start with a clear error), then
+loads the ONNX session and runs a warm-up batch in the background: `/health` answers at
+once, `/ready` turns 200 when the engine is warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.api import handlers
+from service.api.middleware import RequestMiddleware
+from service.api.responses import ORJSONResponse
+from service.api.routes import embeddings, health, similarity
+from service.api.state import AppState
+from service.errors import BundleError
+from service.metrics import Metrics
+from service.runtime.batching import DynamicBatcher
+from service.runtime.bundle import Bundle, load_bundle
+from service.runtime.encoder import EncoderCore, OnnxEncoder
+from service.runtime.engine import Engine, EngineLimits
+from service.runtime.head import PairHead
+from service.runtime.whitening import Whitening
+from service.settings import Settings
+
+log = logging.getLogger("simsvc")
+
+EngineFactory = Callable[[Settings, Metrics], Engine]
+
+
+def make_engine(
+    settings: Settings,
+    metrics: Metrics,
+    core: EncoderCore,
+    *,
+    model_name: str,
+    pooling: str,
+    whitening: Whitening | None = None,
+    head: PairHead | None = None,
+) -> Engine:
+    """Wire an encoder core into a batcher and an engine with the settings' limits."""
+    batcher = DynamicBatcher(
+        core.infer,
+        max_batch_tokens=max(settings.max_batch_tokens, core.max_length),
+        max_batch_size=settings.max_batch_size,
+        max_queue=settings.max_queue_texts,
+        max_wait_s=settings.batch_wait_ms / 1000.0,
+        retry_after=settings.retry_after_seconds,
+        observer=metrics,
+    )
+    return Engine(
+        core,
+        batcher,
+        model_name=model_name,
+        pooling=pooling,
+        whitening=whitening or Whitening.identity(core.dims),
+        head=head,
+        limits=EngineLimits(
+            max_texts=settings.max_texts_per_request,
+            max_pairs=settings.max_pairs_per_request,
+            max_chars=settings.max_chars_per_text,
+        ),
+        similar_threshold=settings.similar_threshold,
+        observer=metrics,
+    )
+
+
+def engine_from_bundle(settings: Settings, metrics: Metrics, bundle: Bundle) -> Engine:
+    """The engine of a verified bundle: ONNX session, tokenizer, whitening, head."""
+    manifest = bundle.manifest
+    core = OnnxEncoder(
+        bundle.model_path,
+        bundle.tokenizer_path,
+        max_length=manifest.max_length,
+        pad_id=manifest.pad_id,
+        threads=settings.threads,
+    )
+    if core.dims != manifest.dims.hidden or set(core.outputs) != set(manifest.outputs):
+        raise BundleError(
+            f"model.onnx yields {core.dims}-dim {list(core.outputs)}, manifest says "
+            f"{manifest.dims.hidden}-dim {manifest.outputs}"
+        )
+    return make_engine(
+        settings,
+        metrics,
+        core,
+        model_name=manifest.source.model,
+        pooling=manifest.pooling,
+        whitening=bundle.whitening,
+        head=bundle.head,
+    )
+
+
+def _publish_bundle(metrics: Metrics, bundle: Bundle) -> None:
+    m = bundle.manifest
+    metrics.model_info.info(
+        {
+            "model": m.source.model,
+            "pooling": m.pooling,
+            "bundle_sha": bundle.sha,
+            "dims": str(m.dims.output),
+        }
+    )
+    if m.whitening.anisotropy_before:
+        metrics.anisotropy.labels(stage="raw").set(m.whitening.anisotropy_before["mean_cosine"])
+    if m.whitening.anisotropy_after:
+        metrics.anisotropy.labels(stage="whitened").set(m.whitening.anisotropy_after["mean_cosine"])
+
+
+async def _start_engine(state: AppState, factory: EngineFactory | None) -> None:
+    try:
+        if factory is not None:
+            engine = await asyncio.to_thread(factory, state.settings, state.metrics)
+        else:
+            assert state.bundle is not None
+            engine = await asyncio.to_thread(
+                engine_from_bundle, state.settings, state.metrics, state.bundle
+            )
+        engine.start()
+        if state.settings.warmup:
+            await engine.warmup()
+    except Exception as exc:  # noqa: BLE001 - reported by /ready and the log
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("model failed to load: %s", state.load_error)
+        return
+    state.engine = engine
+    state.metrics.ready.set(1)
+    log.info("ready: model %s, pooling %s, %d dims", engine.model_name, engine.pooling, engine.dims)
+
+
+def create_app(settings: Settings, *, engine_factory: EngineFactory | None = None) -> FastAPI:
+    """The FastAPI app for these settings; `engine_factory` replaces the bundle (tests)."""
+    metrics = Metrics()
+    state = AppState(settings=settings, metrics=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if engine_factory is None:
+            if settings.bundle is None:
+                raise BundleError(
+                    "no model bundle: set SIMSVC_BUNDLE (or --bundle), or run `simsvc serve` "
+                    "without one to build the default bundle"
+                )
+            state.bundle = await asyncio.to_thread(load_bundle, settings.bundle)
+            _publish_bundle(metrics, state.bundle)
+        loader = asyncio.create_task(_start_engine(state, engine_factory))
+        try:
+            yield
+        finally:
+            loader.cancel()
+            if state.engine is not None:
+                await asyncio.to_thread(state.engine.stop)
+
+    app = FastAPI(
+        title="simsvc",
+        version=__version__,
+        summary="Semantic similarity on BERT: scores, embeddings, search.",
+        default_response_class=ORJSONResponse,
+        lifespan=lifespan,
+    )
+    app.state.simsvc = state
+    handlers.install(app)
+    for router in (similarity.router, embeddings.router, health.router):
+        app.include_router(router)
+    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory service.main:create_app_from_env`."""
+    return create_app(Settings())

@@ -1,0 +1,160 @@
+"""Every Prometheus object of the service, in one place, on a registry owned by the app.
+
+Names carry the `simsvc_` prefix and base units; labels are bounded (route templates,
+methods, status codes, error types, collection names), never texts or ids.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+STAGE_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+PROBABILITY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+class Metrics:
+    """The service's metrics; implements the batcher's and the engine's observer protocols."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "simsvc_requests", "HTTP requests answered.", ["route", "method", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "simsvc_request_duration_seconds",
+            "HTTP request latency, from first byte in to response ready.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "simsvc_errors", "Errors answered to clients, by type.", ["error_type"], registry=r
+        )
+        self.tokenize_seconds = Histogram(
+            "simsvc_tokenize_seconds",
+            "Tokenization time per request.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "simsvc_queue_wait_seconds",
+            "Time a request's texts waited for the encoder.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "simsvc_inference_seconds",
+            "Encoder time per batch.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "simsvc_batch_size", "Texts per encoder batch.", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "simsvc_batch_tokens",
+            "Padded tokens per encoder batch.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth_gauge = Gauge(
+            "simsvc_queue_depth", "Texts accepted and not yet encoded.", registry=r
+        )
+        self.tokens = Counter("simsvc_tokens", "Tokens encoded.", registry=r)
+        self.truncated = Counter(
+            "simsvc_truncated", "Texts cut to the model's max length.", registry=r
+        )
+        self.model_info = Info("simsvc_model", "The loaded model bundle.", registry=r)
+        self.anisotropy = Gauge(
+            "simsvc_model_anisotropy_mean_cosine",
+            "Mean cosine of random pairs of the fit corpus, before and after whitening.",
+            ["stage"],
+            registry=r,
+        )
+        self.pairs_scored_total = Counter(
+            "simsvc_pairs_scored", "Pairs scored by the pair head.", registry=r
+        )
+        self.pairs_similar_total = Counter(
+            "simsvc_pairs_similar", "Pairs the head judged similar.", registry=r
+        )
+        self.similar_share = Gauge(
+            "simsvc_similar_share", "Share of scored pairs judged similar since start.", registry=r
+        )
+        self.probability = Histogram(
+            "simsvc_similarity_probability",
+            "Pair-head probabilities.",
+            buckets=PROBABILITY_BUCKETS,
+            registry=r,
+        )
+        self.ready = Gauge("simsvc_ready", "1 when the model is loaded and warm.", registry=r)
+        self._scored = 0
+        self._similar = 0
+
+    # BatchObserver
+    def queue_depth(self, depth: int) -> None:
+        self.queue_depth_gauge.set(depth)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def batch(self, size: int, padded_tokens: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_tokens.observe(padded_tokens)
+        self.inference_seconds.observe(seconds)
+
+    # EngineObserver
+    def tokenized(self, texts: int, tokens: int, truncated: int, seconds: float) -> None:
+        self.tokenize_seconds.observe(seconds)
+        self.tokens.inc(tokens)
+        if truncated:
+            self.truncated.inc(truncated)
+
+    def pairs_scored(self, probabilities: np.ndarray, similar: np.ndarray) -> None:
+        for p in probabilities:
+            self.probability.observe(float(p))
+        n, s = len(probabilities), int(np.count_nonzero(similar))
+        self.pairs_scored_total.inc(n)
+        self.pairs_similar_total.inc(s)
+        self._scored += n
+        self._similar += s
+        self.similar_share.set(self._similar / self._scored if self._scored else 0.0)

@@ -1,0 +1,1 @@
+"""Runtime building blocks: plain constructors, no FastAPI and no Settings."""

@@ -1,0 +1,206 @@
+"""The model bundle: the one contract between the offline pipeline and the service.
+
+A directory with `manifest.json`, `model.onnx`, `tokenizer.json`, `whitening.npz` and, when a
+head was trained, `head.json`. The manifest records where everything came from and the sha256
+of every file; `load_bundle` refuses a bundle whose hashes or dims disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from service.errors import BundleError
+from service.runtime.head import PairHead
+from service.runtime.types import POOLINGS
+from service.runtime.whitening import Whitening
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+WHITENING_FILE = "whitening.npz"
+HEAD_FILE = "head.json"
+
+
+class SourceInfo(BaseModel):
+    """The checkpoint the bundle was exported from."""
+
+    model: str
+    model_type: str = "bert"
+    architectures: list[str] = Field(default_factory=list)
+    pooler: str = "trained"
+    """'trained' when the checkpoint has pooler weights, else 'cls' (pooler output = [CLS])."""
+
+
+class Dims(BaseModel):
+    hidden: int
+    output: int
+
+
+class Parity(BaseModel):
+    """ONNX against PyTorch on padded batches of mixed lengths, per output."""
+
+    max_abs_diff: float
+    min_cosine: float
+
+
+class WhiteningInfo(BaseModel):
+    fitted: bool
+    k: int | None = None
+    corpus: str | None = None
+    count: int = 0
+    anisotropy_before: dict[str, float] | None = None
+    anisotropy_after: dict[str, float] | None = None
+
+
+class HeadInfo(BaseModel):
+    kind: str
+    calibration: str
+    data: str
+    pairs: int
+    targets: str
+    c: float
+    cv_spearman: float | None = None
+
+
+class Manifest(BaseModel):
+    """Everything the service needs to know about a bundle before loading its files."""
+
+    format_version: int
+    source: SourceInfo
+    pooling: str
+    outputs: list[str]
+    dims: Dims
+    max_length: int
+    pad_id: int = 0
+    inputs: list[str]
+    opset: int
+    quantization: str | None = None
+    parity: dict[str, Parity] = Field(default_factory=dict)
+    whitening: WhiteningInfo
+    head: HeadInfo | None = None
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)
+    created_at: str = ""
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
+    """Hash every file in the bundle, then write the manifest atomically (last step of a build)."""
+    files = {
+        p.name: sha256_file(p)
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")
+    }
+    final = manifest.model_copy(update={"files": files})
+    tmp = directory / (MANIFEST + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(final.model_dump_json(indent=1))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, directory / MANIFEST)
+    return final
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Parse the manifest, with a clear error when it is missing or malformed."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{directory} is not a model bundle: {MANIFEST} is missing")
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text()))
+    except (ValueError, ValidationError) as exc:
+        raise BundleError(f"{path} is not a valid bundle manifest: {exc}") from exc
+    if manifest.format_version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format {manifest.format_version}, this service reads "
+            f"{FORMAT_VERSION}; rebuild the bundle with this version's `simsvc build`"
+        )
+    return manifest
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle: its manifest and the small artefacts loaded into memory."""
+
+    directory: Path
+    manifest: Manifest
+    whitening: Whitening
+    head: PairHead | None
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / MODEL_FILE
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.directory / TOKENIZER_FILE
+
+    @property
+    def sha(self) -> str:
+        """Short identity of the bundle: the model file's hash prefix."""
+        return self.manifest.files.get(MODEL_FILE, "")[:12]
+
+
+def load_bundle(directory: Path, verify_hashes: bool = True) -> Bundle:
+    """Read and verify a bundle; raises `BundleError` naming what is wrong."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    required = [MODEL_FILE, TOKENIZER_FILE, WHITENING_FILE] + ([HEAD_FILE] if manifest.head else [])
+    for name in required:
+        if not (directory / name).is_file():
+            raise BundleError(f"bundle {directory} lacks {name}")
+        if name not in manifest.files:
+            raise BundleError(f"bundle manifest lists no sha256 for {name}")
+    if verify_hashes:
+        for name, expected in manifest.files.items():
+            path = directory / name
+            if not path.is_file():
+                raise BundleError(f"bundle {directory} lacks {name} listed in its manifest")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise BundleError(
+                    f"bundle file {name} has sha256 {actual[:16]}…, manifest says "
+                    f"{expected[:16]}…: the bundle was modified or is corrupt"
+                )
+    if manifest.pooling not in manifest.outputs or not set(manifest.outputs) <= set(POOLINGS):
+        raise BundleError(
+            f"bundle pooling {manifest.pooling!r} / outputs {manifest.outputs} are not valid"
+        )
+    try:
+        whitening = Whitening.load(directory / WHITENING_FILE)
+    except (ValueError, KeyError, OSError) as exc:
+        raise BundleError(f"bundle whitening cannot be read: {exc}") from exc
+    if whitening.dims_in != manifest.dims.hidden or whitening.dims_out != manifest.dims.output:
+        raise BundleError(
+            f"whitening maps {whitening.dims_in}->{whitening.dims_out} dims, manifest says "
+            f"{manifest.dims.hidden}->{manifest.dims.output}"
+        )
+    head = None
+    if manifest.head:
+        try:
+            head = PairHead.load(directory / HEAD_FILE)
+        except (ValueError, KeyError, OSError) as exc:
+            raise BundleError(f"bundle head cannot be read: {exc}") from exc
+        if head.dims != manifest.dims.output or head.raw_dims != manifest.dims.hidden:
+            raise BundleError(
+                f"head expects {head.dims}-dim whitened and {head.raw_dims}-dim raw vectors, "
+                f"bundle yields {manifest.dims.output} and {manifest.dims.hidden}"
+            )
+    return Bundle(directory=directory, manifest=manifest, whitening=whitening, head=head)

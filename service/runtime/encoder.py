@@ -1,0 +1,192 @@
+"""The encoder in three stages: tokenize (pre) -> ONNX session (core) -> pooled vectors (post).
+
+The ONNX graph already pools (cls, pooler, mean, first_last_avg), so `infer` returns pooled,
+raw vectors; whitening and normalisation happen in the engine. `plan_batches` is the one
+batching rule used both online (the dynamic batcher) and offline (fitting, evaluation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from service.runtime.types import FloatArray, IntArray
+
+
+@dataclass(frozen=True, slots=True)
+class Tokenized:
+    """One text's token ids (special tokens included) and whether they were cut to fit."""
+
+    ids: Sequence[int]
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class EncoderCore(Protocol):
+    """What the engine needs from an encoder; the ONNX encoder and test fakes implement it."""
+
+    @property
+    def outputs(self) -> tuple[str, ...]: ...
+
+    @property
+    def dims(self) -> int: ...
+
+    @property
+    def max_length(self) -> int: ...
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
+        """Token ids of each text, cut to `max_length` (flagged `truncated`)."""
+        ...
+
+    def infer(self, batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
+        """Pooled vectors (len(batch), dims) for each output name."""
+        ...
+
+
+def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list[list[int]]:
+    """Group item indices into batches sorted by length.
+
+    Each batch pads to its longest item, and `longest * count <= max_tokens` (a single item
+    longer than the budget still gets a batch of its own), with at most `max_size` items.
+    Sorting by length keeps padding small.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[i]  # ascending: the newest item is the longest
+        if current and (len(current) >= max_size or longest * (len(current) + 1) > max_tokens):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad_batch(batch: Sequence[Tokenized], pad_id: int = 0) -> tuple[IntArray, IntArray]:
+    """Ids and attention mask of a batch, padded to its longest item."""
+    longest = max(len(t) for t in batch)
+    ids = np.full((len(batch), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), longest), dtype=np.int64)
+    for row, tok in enumerate(batch):
+        ids[row, : len(tok)] = tok.ids
+        mask[row, : len(tok)] = 1
+    return ids, mask
+
+
+def encode_texts(
+    core: EncoderCore,
+    texts: Sequence[str],
+    max_tokens: int = 8192,
+    max_size: int = 64,
+) -> dict[str, FloatArray]:
+    """Pooled vectors of all texts in their given order, for offline use (no batcher)."""
+    tokens = core.tokenize(texts)
+    out = {name: np.empty((len(texts), core.dims), dtype=np.float32) for name in core.outputs}
+    for batch in plan_batches([len(t) for t in tokens], max_tokens, max_size):
+        result = core.infer([tokens[i] for i in batch])
+        for name in core.outputs:
+            out[name][batch] = result[name]
+    return out
+
+
+def encode_stream(
+    core: EncoderCore,
+    texts: Iterable[str],
+    chunk: int = 2048,
+    max_tokens: int = 8192,
+    max_size: int = 64,
+) -> Iterator[tuple[list[str], dict[str, FloatArray]]]:
+    """Encode an iterable of any length chunk by chunk, never holding it whole."""
+    buf: list[str] = []
+    for text in texts:
+        buf.append(text)
+        if len(buf) >= chunk:
+            yield buf, encode_texts(core, buf, max_tokens, max_size)
+            buf = []
+    if buf:
+        yield buf, encode_texts(core, buf, max_tokens, max_size)
+
+
+class OnnxEncoder:
+    """A BERT-family encoder exported to ONNX, run by ONNX Runtime on the CPU.
+
+    The tokenizer is the Rust `tokenizers` one from the bundle's tokenizer.json; texts are
+    padded only to the longest in each batch.
+    """
+
+    def __init__(
+        self,
+        model_path: Path,
+        tokenizer_path: Path,
+        max_length: int,
+        pad_id: int = 0,
+        threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length)
+        self._max_length = max_length
+        self._pad_id = pad_id
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        # Shapes vary per batch: memory patterns would be planned (and kept) for each one.
+        options.enable_mem_pattern = False
+        self._session = ort.InferenceSession(
+            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self._input_names = {i.name for i in self._session.get_inputs()}
+        if not {"input_ids", "attention_mask"} <= self._input_names:
+            raise ValueError(
+                f"ONNX model inputs {sorted(self._input_names)} lack input_ids/attention_mask"
+            )
+        self._outputs = tuple(o.name for o in self._session.get_outputs())
+        dims = {o.shape[-1] for o in self._session.get_outputs()}
+        if len(dims) != 1 or not isinstance(next(iter(dims)), int):
+            raise ValueError(f"ONNX outputs must share one static last dim, got {dims}")
+        self._dims = int(next(iter(dims)))
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self._outputs
+
+    @property
+    def dims(self) -> int:
+        return self._dims
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
+        """Batch-tokenize in Rust; truncation flagged per text."""
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
+        return [Tokenized(e.ids, bool(e.overflowing)) for e in encodings]
+
+    def infer(self, batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
+        """Pad to the longest in the batch and run the session."""
+        ids, mask = pad_batch(batch, self._pad_id)
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._input_names:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        results = self._session.run(list(self._outputs), feed)
+        return dict(zip(self._outputs, results, strict=True))

@@ -1,0 +1,245 @@
+"""The engine: tokenizer, dynamic batcher, whitening and pair head behind two calls.
+
+Usable without the HTTP layer (benchmarks, the CLI, other servers). Blocking work runs off
+the event loop: tokenization in a worker thread, inference on the batcher's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.errors import TextTooLongError, TooManyTextsError, ValidationError
+from service.runtime.batching import DynamicBatcher
+from service.runtime.encoder import EncoderCore, Tokenized
+from service.runtime.head import PairHead, make_views
+from service.runtime.stats import l2_normalize
+from service.runtime.types import FloatArray
+from service.runtime.whitening import Whitening
+
+
+class EngineObserver(Protocol):
+    """Receives per-request encoder figures (the metrics module implements it)."""
+
+    def tokenized(self, texts: int, tokens: int, truncated: int, seconds: float) -> None: ...
+
+    def pairs_scored(self, probabilities: np.ndarray, similar: np.ndarray) -> None: ...
+
+
+class _NullEngineObserver:
+    def tokenized(self, texts: int, tokens: int, truncated: int, seconds: float) -> None:
+        pass
+
+    def pairs_scored(self, probabilities: np.ndarray, similar: np.ndarray) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Seconds spent per stage for one request."""
+
+    tokenize: float = 0.0
+    queue: float = 0.0
+    inference: float = 0.0
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Vectors of a request's texts in order, with token counts and stage timings."""
+
+    vectors: FloatArray
+    tokens: int
+    truncated: int
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """Per pair: whitened cosine, and the head's probability and verdict when a head exists."""
+
+    scores: FloatArray
+    probabilities: np.ndarray | None
+    similar: np.ndarray | None
+    tokens: int
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Request limits the engine enforces (all settings)."""
+
+    max_texts: int = 256
+    max_pairs: int = 128
+    max_chars: int = 20_000
+
+
+class Engine:
+    """Embeds texts and scores pairs with one bundle's encoder, whitening and head."""
+
+    def __init__(
+        self,
+        core: EncoderCore,
+        batcher: DynamicBatcher,
+        *,
+        model_name: str,
+        pooling: str,
+        whitening: Whitening,
+        head: PairHead | None = None,
+        limits: EngineLimits | None = None,
+        similar_threshold: float | None = None,
+        observer: EngineObserver | None = None,
+    ) -> None:
+        if pooling not in core.outputs:
+            raise ValueError(f"pooling {pooling!r} is not among the encoder outputs {core.outputs}")
+        if whitening.dims_in != core.dims:
+            raise ValueError(
+                f"whitening expects {whitening.dims_in}-dim vectors, encoder yields {core.dims}"
+            )
+        self.core = core
+        self.batcher = batcher
+        self.model_name = model_name
+        self.pooling = pooling
+        self.whitening = whitening
+        self.head = head
+        self.limits = limits or EngineLimits()
+        self.threshold = (
+            similar_threshold
+            if similar_threshold is not None
+            else (head.threshold if head else 0.5)
+        )
+        self._observer: EngineObserver = observer or _NullEngineObserver()
+
+    @property
+    def dims(self) -> int:
+        """Dimension of the vectors the service returns by default."""
+        return self.whitening.dims_out
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def stop(self) -> None:
+        self.batcher.stop()
+
+    def _check_texts(self, texts: Sequence[str], limit: int, what: str) -> None:
+        if not texts:
+            raise ValidationError(f"no {what} given")
+        if len(texts) > limit:
+            raise TooManyTextsError(f"{len(texts)} {what} in one request; the limit is {limit}")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise ValidationError(f"{what} {i} is not a string")
+            if len(text) > self.limits.max_chars:
+                raise TextTooLongError(
+                    f"text {i} has {len(text)} characters; the limit is {self.limits.max_chars}"
+                )
+
+    async def tokenize(self, texts: Sequence[str], truncate: bool = True) -> list[Tokenized]:
+        """Tokenize off the event loop; with `truncate=False` a too-long text is an error."""
+        started = time.perf_counter()
+        tokens = await asyncio.to_thread(self.core.tokenize, texts)
+        seconds = time.perf_counter() - started
+        truncated = sum(1 for t in tokens if t.truncated)
+        self._observer.tokenized(len(tokens), sum(len(t) for t in tokens), truncated, seconds)
+        if truncated and not truncate:
+            first = next(i for i, t in enumerate(tokens) if t.truncated)
+            raise TextTooLongError(
+                f"text {first} is longer than the model's {self.core.max_length} tokens and "
+                "truncate is false"
+            )
+        return tokens
+
+    def _resolve(self, pooling: str | None, whiten: bool | None) -> tuple[str, bool]:
+        pooling = pooling or self.pooling
+        if pooling not in self.core.outputs:
+            raise ValidationError(
+                f"unknown pooling {pooling!r}; this model offers {list(self.core.outputs)}"
+            )
+        if whiten is None:
+            whiten = pooling == self.pooling and self.whitening.fitted
+        elif whiten and pooling != self.pooling:
+            raise ValidationError(
+                f"the whitening was fitted on {self.pooling!r} vectors; ask for whiten=false "
+                f"with pooling {pooling!r}"
+            )
+        return pooling, whiten
+
+    async def _encode(
+        self, texts: Sequence[str], truncate: bool
+    ) -> tuple[dict[str, FloatArray], list[Tokenized], Timings]:
+        """Raw pooled vectors of texts, through the tokenizer and the batcher."""
+        started = time.perf_counter()
+        tokens = await self.tokenize(texts, truncate)
+        tokenize_seconds = time.perf_counter() - started
+        result = await self.batcher.submit(tokens)
+        timings = Timings(tokenize_seconds, result.queue_seconds, result.inference_seconds)
+        return result.vectors, tokens, timings
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        pooling: str | None = None,
+        whiten: bool | None = None,
+        normalize: bool = True,
+        truncate: bool = True,
+        dims: int | None = None,
+        limit: int | None = None,
+    ) -> Embeddings:
+        """Vectors of `texts`: pooled, whitened (bundle pooling only), cut to `dims`, normalised."""
+        self._check_texts(texts, limit or self.limits.max_texts, "texts")
+        pooling, whiten = self._resolve(pooling, whiten)
+        out_dims = self.whitening.dims_out if whiten else self.core.dims
+        if dims is not None and not 1 <= dims <= out_dims:
+            raise ValidationError(f"dimensions must be in 1..{out_dims}, got {dims}")
+        pooled, tokens, timings = await self._encode(texts, truncate)
+        raw = pooled[pooling]
+        if whiten:
+            vectors = self.whitening.apply(raw, normalize=normalize, dims=dims)
+        else:
+            vectors = raw if dims is None else raw[:, :dims]
+            if normalize:
+                vectors = l2_normalize(vectors)
+        return Embeddings(
+            vectors=vectors,
+            tokens=sum(len(t) for t in tokens),
+            truncated=sum(1 for t in tokens if t.truncated),
+            timings=timings,
+        )
+
+    async def similarity(
+        self, pairs: Sequence[tuple[str, str]], truncate: bool = True
+    ) -> PairScores:
+        """Whitened cosine of each pair, plus the head's probability when the bundle has one."""
+        if not pairs:
+            raise ValidationError("no pairs given")
+        if len(pairs) > self.limits.max_pairs:
+            raise TooManyTextsError(
+                f"{len(pairs)} pairs in one request; the limit is {self.limits.max_pairs}"
+            )
+        index: dict[str, int] = {}
+        for a, b in pairs:
+            index.setdefault(a, len(index))
+            index.setdefault(b, len(index))
+        texts = list(index)
+        self._check_texts(texts, 2 * self.limits.max_pairs, "texts")
+        pooled, tokens, timings = await self._encode(texts, truncate)
+        raw = pooled[self.pooling]
+        white = self.whitening.apply(raw)
+        ia = np.fromiter((index[a] for a, _ in pairs), dtype=np.int64, count=len(pairs))
+        ib = np.fromiter((index[b] for _, b in pairs), dtype=np.int64, count=len(pairs))
+        scores = np.einsum("ij,ij->i", white[ia], white[ib]).astype(np.float32)
+        probabilities = similar = None
+        if self.head is not None:
+            probabilities = self.head.probability(make_views(raw, self.whitening, ia, ib, white))
+            similar = probabilities >= self.threshold
+            self._observer.pairs_scored(probabilities, similar)
+        return PairScores(scores, probabilities, similar, sum(len(t) for t in tokens), timings)
+
+    async def warmup(self) -> None:
+        """Run one small batch so the first request does not pay for lazy initialisation."""
+        await self.embed(["warm-up", "a second, somewhat longer warm-up text"])

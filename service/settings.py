@@ -1,0 +1,73 @@
+"""Service settings: every limit and path in one place, read from SIMSVC_* only when asked.
+
+Only `service.main` and `service.cli` construct `Settings`; everything below them receives
+plain values, so no module reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_shared_dir() -> Path:
+    """`../shared` beside the repository root (the read-only models and data sets)."""
+    return _REPO_ROOT.parent / "shared"
+
+
+def default_cache_dir() -> Path:
+    """Where `simsvc serve` caches the default bundle it builds."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "simsvc"
+
+
+class Settings(BaseSettings):
+    """All runtime settings; environment variables use the `SIMSVC_` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="SIMSVC_", env_file=None, extra="ignore")
+
+    # Where things are.
+    shared: Path = Field(default_factory=default_shared_dir)
+    bundle: Path | None = None
+    model: str | None = None
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    data_dir: Path = Path("data")
+
+    # Server.
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    log_json: bool = False
+
+    # Encoder.
+    threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores"
+    )
+    warmup: bool = True
+
+    # Request limits.
+    max_texts_per_request: int = Field(default=256, ge=1)
+    max_chars_per_text: int = Field(default=20_000, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_pairs_per_request: int = Field(default=128, ge=1)
+
+    # Dynamic batcher.
+    max_batch_tokens: int = Field(default=8192, ge=1, description="padded tokens per batch")
+    max_batch_size: int = Field(default=64, ge=1)
+    batch_wait_ms: float = Field(default=0.0, ge=0.0)
+    max_queue_texts: int = Field(default=4096, ge=1)
+    retry_after_seconds: int = Field(default=1, ge=0)
+
+    # Pair head decision threshold override (None: the bundle's).
+    similar_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    # Access.
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
+
+    onnx_provider: Literal["cpu"] = "cpu"

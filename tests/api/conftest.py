@@ -1,0 +1,63 @@
+"""API tests run on the deterministic fake encoder, with a fitted whitening and a head."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.main import make_engine
+from service.metrics import Metrics
+from service.runtime.engine import Engine
+from service.runtime.head import Calibration, PairHead, feature_dims
+from service.runtime.whitening import Whitening, WhiteningAccumulator
+from service.settings import Settings
+from tests.builders import sentences
+from tests.fakes import FakeEncoder
+
+DIMS = 16
+
+
+def fake_parts(core: FakeEncoder) -> tuple[Whitening, PairHead]:
+    acc = WhiteningAccumulator(core.dims)
+    acc.update(core.infer(core.tokenize(sentences(200)))["mean"])
+    weights = np.zeros(feature_dims(core.dims, core.dims), dtype=np.float32)
+    weights[-1] = 8.0  # the head leans on the whitened cosine
+    head = PairHead("lr", core.dims, core.dims, weights, -4.0, Calibration("logistic"))
+    return acc.fit(), head
+
+
+def fake_factory(core: FakeEncoder | None = None) -> Callable[[Settings, Metrics], Engine]:
+    def factory(settings: Settings, metrics: Metrics) -> Engine:
+        enc = core or FakeEncoder(dims=DIMS)
+        whitening, head = fake_parts(enc)
+        return make_engine(
+            settings,
+            metrics,
+            enc,
+            model_name="fake-encoder",
+            pooling="mean",
+            whitening=whitening,
+            head=head,
+        )  # type: ignore[arg-type]
+
+    return factory
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(
+        max_texts_per_request=8,
+        max_pairs_per_request=4,
+        max_chars_per_text=200,
+        max_body_bytes=4096,
+        max_queue_texts=64,
+        threads=1,
+    )
+
+
+@pytest.fixture
+def client(make_client: Callable[..., TestClient], settings: Settings) -> TestClient:
+    return make_client(settings, engine_factory=fake_factory())

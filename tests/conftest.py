@@ -1,0 +1,144 @@
+"""Shared fixtures: the shared folder, tiny real bundles, reference bundles, fake engines."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.settings import Settings, default_shared_dir
+
+SHARED_HINT = (
+    "needs the shared models and data: set SIMSVC_SHARED to the folder holding models/ and "
+    "data/ (default: ../shared beside the repository)"
+)
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("SIMSVC_SHARED") or default_shared_dir())
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """The shared folder; tests that need it fail loudly in CI when it is missing."""
+    path = shared_dir()
+    if not (path / "models").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared folder {path} missing: {SHARED_HINT}")
+        pytest.skip(f"shared folder {path} missing: {SHARED_HINT}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.builders import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-ckpt") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from tests.builders import sentences, write_sts_file
+
+    root = tmp_path_factory.mktemp("tiny-data")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(sentences(400, seed=1)) + "\n")
+    return {
+        "corpus": corpus,
+        "train": write_sts_file(root / "train.tsv", 300, seed=2),
+        "dev": write_sts_file(root / "dev.tsv", 120, seed=3),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(
+    tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, tiny_data: dict[str, Path]
+) -> Path:
+    """A complete bundle (whitening k=24 + LR head) from the tiny random BERT."""
+    from models.build import BuildOptions, build_bundle
+
+    out = tmp_path_factory.mktemp("tiny-bundle") / "bundle"
+    build_bundle(
+        BuildOptions(
+            model=str(tiny_checkpoint),
+            out=out,
+            pooling="mean",
+            whiten_on=[tiny_data["corpus"]],
+            whiten_dim=24,
+            head_pairs=tiny_data["train"],
+            max_length=64,
+            eval_on=[tiny_data["dev"]],
+            threads=1,
+        ),
+        say=lambda _m: None,
+    )
+    return out
+
+
+def _reference_bundle(tmp_path_factory: pytest.TempPathFactory, shared: Path, lang: str) -> Path:
+    from models.build import BuildOptions, build_bundle
+
+    files = {
+        "en": ("refbert-en-L6-H384", "stsb-en/train.tsv", "stsb-en/dev.tsv"),
+        "zh": ("refbert-zh-L6-H384", "stsb-zh/train.txt", "stsb-zh/dev.txt"),
+    }[lang]
+    train = shared / "data" / files[1]
+    out = tmp_path_factory.mktemp(f"ref-{lang}") / "bundle"
+    build_bundle(
+        BuildOptions(
+            model=str(shared / "models" / files[0]),
+            out=out,
+            pooling="first_last_avg",
+            whiten_on=[train],
+            head_pairs=train,
+            eval_on=[shared / "data" / files[2]],
+        ),
+        say=lambda _m: None,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference_bundle_en(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
+    """refbert-en, first_last_avg, whitening + head from STS-B train, evaluated on dev."""
+    return _reference_bundle(tmp_path_factory, shared, "en")
+
+
+@pytest.fixture(scope="session")
+def reference_bundle_zh(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Path:
+    """refbert-zh, first_last_avg, whitening + head from Chinese STS-B train, evaluated on dev."""
+    return _reference_bundle(tmp_path_factory, shared, "zh")
+
+
+def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
+    """Poll /ready until the engine is warm (the lifespan loads it in the background)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/ready").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"service not ready after {timeout}s: {client.get('/ready').json()}")
+
+
+@pytest.fixture
+def make_client() -> Iterator[Callable[..., TestClient]]:
+    """Start an app (lifespan included) and wait until it is ready."""
+    clients: list[TestClient] = []
+
+    def make(settings: Settings, wait: bool = True, **kwargs: object) -> TestClient:
+        from service.main import create_app
+
+        client = TestClient(create_app(settings, **kwargs), raise_server_exceptions=False)  # type: ignore[arg-type]
+        client.__enter__()
+        clients.append(client)
+        if wait:
+            wait_ready(client)
+        return client
+
+    yield make
+    for c in clients:
+        c.__exit__(None, None, None)

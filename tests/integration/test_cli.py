@@ -1,0 +1,123 @@
+"""`simsvc build`, `simsvc evaluate` and the default bundle of `simsvc serve`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+from service.defaults import ensure_default_bundle
+from service.runtime.bundle import load_bundle, read_manifest
+from service.settings import Settings
+
+
+def test_build_and_evaluate_commands(
+    tiny_checkpoint: Path,
+    tiny_data: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "b"
+    assert (
+        main(
+            [
+                "build",
+                "--model",
+                str(tiny_checkpoint),
+                "--out",
+                str(out),
+                "--pooling",
+                "first_last_avg",
+                "--whiten-on",
+                str(tiny_data["corpus"]),
+                "--head-pairs",
+                str(tiny_data["train"]),
+                "--head",
+                "svm",
+                "--calibration",
+                "isotonic",
+                "--max-length",
+                "48",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
+    manifest = load_bundle(out).manifest
+    assert manifest.head is not None and manifest.head.kind == "svm"
+    assert manifest.head.calibration == "isotonic" and manifest.max_length == 48
+    capsys.readouterr()
+    assert (
+        main(
+            ["evaluate", "--bundle", str(out), "--sts", str(tiny_data["dev"]), "--json", "--record"]
+        )
+        == 0
+    )
+    figures = json.loads(capsys.readouterr().out)["dev.tsv"]
+    assert figures["pairs"] == 120
+    assert set(figures["spearman"]) == {"raw_cosine", "whitened_cosine", "head_probability"}
+    assert (
+        figures["anisotropy"]["whitened"]["mean_cosine"]
+        < figures["anisotropy"]["raw"]["mean_cosine"]
+    )
+    assert read_manifest(out).evaluation["dev.tsv"] == figures
+    load_bundle(out)  # recording kept the bundle valid
+    assert main(["evaluate", "--bundle", str(out), "--sts", str(tiny_data["dev"])]) == 0
+    assert "white cos" in capsys.readouterr().out
+
+
+def test_default_bundle_is_built_once_then_cached(
+    tiny_checkpoint: Path, tiny_data: dict[str, Path], tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    (shared / "data" / "stsb-en").mkdir(parents=True)
+    shutil.copy(tiny_data["train"], shared / "data" / "stsb-en" / "train.tsv")
+    settings = Settings(
+        model=str(tiny_checkpoint), shared=shared, cache_dir=tmp_path / "cache", threads=1
+    )
+    messages: list[str] = []
+    first = ensure_default_bundle(settings, messages.append)
+    manifest = load_bundle(first).manifest
+    assert manifest.whitening.fitted and manifest.head is not None
+    stamp = (first / "model.onnx").stat().st_mtime_ns
+    second = ensure_default_bundle(settings, messages.append)
+    assert second == first and (first / "model.onnx").stat().st_mtime_ns == stamp
+    assert any("using cached" in m for m in messages)
+
+
+def test_default_model_prefers_env_then_shared_reference(tmp_path: Path) -> None:
+    from service.defaults import HUB_FALLBACK, default_model
+
+    assert default_model(Settings(model="org/some-bert", shared=tmp_path)) == "org/some-bert"
+    assert default_model(Settings(shared=tmp_path)) == HUB_FALLBACK
+    ref = tmp_path / "models" / "refbert-en-L6-H384"
+    ref.mkdir(parents=True)
+    (ref / "config.json").write_text("{}")
+    assert default_model(Settings(shared=tmp_path)) == str(ref)
+
+
+def test_serving_without_bundle_or_build_extra_says_what_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import models.export_onnx
+
+    def missing() -> None:
+        raise ImportError(models.export_onnx.BUILD_EXTRA_HINT)
+
+    monkeypatch.setattr(models.export_onnx, "require_build_extra", missing)
+    with pytest.raises(SystemExit) as info:
+        ensure_default_bundle(Settings(shared=tmp_path, cache_dir=tmp_path / "c"))
+    assert "SIMSVC_BUNDLE" in str(info.value) and "simsvc[build]" in str(info.value)
+
+
+def test_unreachable_model_says_what_to_set(tmp_path: Path) -> None:
+    settings = Settings(
+        model=str(tmp_path / "no-such-checkpoint"), shared=tmp_path, cache_dir=tmp_path / "c"
+    )
+    with pytest.raises(SystemExit) as info:
+        ensure_default_bundle(settings)
+    assert "SIMSVC_MODEL" in str(info.value)
