@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.api import handlers
+from service.api.auth import KeyRing
 from service.api.middleware import RequestMiddleware
 from service.api.responses import ORJSONResponse
 from service.api.routes import embeddings, health, similarity
@@ -169,7 +170,12 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
     handlers.install(app)
     for router in (similarity.router, embeddings.router, health.router):
         app.include_router(router)
-    app.add_middleware(RequestMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        keys=KeyRing(settings.api_keys),
+    )
     return app
 
 

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +25,17 @@ def default_cache_dir() -> Path:
     """Where `simsvc serve` caches the default bundle it builds."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "simsvc"
+
+
+Scope = Literal["read", "write", "admin"]
+
+
+class ApiKey(BaseModel):
+    """One client key: a name for logs, the secret, and its scopes (admin implies all)."""
+
+    name: str
+    key: SecretStr
+    scopes: list[Scope]
 
 
 class Settings(BaseSettings):
@@ -67,7 +78,7 @@ class Settings(BaseSettings):
     # Pair head decision threshold override (None: the bundle's).
     similar_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
-    # Access.
-    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # Access: JSON list of {"name", "key", "scopes": ["read"|"write"|"admin"]}.
+    api_keys: list[ApiKey] = Field(default_factory=list)
 
     onnx_provider: Literal["cpu"] = "cpu"

@@ -12,6 +12,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.auth import OPEN_PATHS, KeyRing
+from service.errors import ServiceError
 from service.metrics import Metrics
 
 request_id_var: ContextVar[str] = ContextVar("simsvc_request_id", default="-")
@@ -19,12 +21,15 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestMiddleware:
-    """Tags each request with an id, bounds its body, times it and counts it by route."""
+    """Tags each request with an id, authenticates it, bounds its body, times and counts it."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, keys: KeyRing | None = None
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
+        self.keys = keys or KeyRing([])
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,9 +64,28 @@ class RequestMiddleware:
             return message
 
         try:
-            declared = dict(scope["headers"]).get(b"content-length")
+            headers = dict(scope["headers"])
+            declared = headers.get(b"content-length")
+            if self.keys.enabled and scope["path"] not in OPEN_PATHS:
+                try:
+                    auth = headers.get(b"authorization", b"").decode("latin-1") or None
+                    scope["simsvc.key_name"], scope["simsvc.scopes"] = self.keys.authenticate(auth)
+                except ServiceError as exc:
+                    await self._reject(
+                        send_wrapper,
+                        401,
+                        exc.error_type,
+                        exc.message,
+                        [(b"www-authenticate", b"Bearer")],
+                    )
+                    return
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                await self._reject_body(send_wrapper, limit)
+                await self._reject(
+                    send_wrapper,
+                    413,
+                    "body_too_large",
+                    f"request body exceeds the limit of {limit} bytes",
+                )
             else:
                 await self.app(scope, limited_receive, send_wrapper)
         finally:
@@ -72,22 +96,26 @@ class RequestMiddleware:
             self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
             request_id_var.reset(token)
 
-    async def _reject_body(self, send: Send, limit: int) -> None:
-        self.metrics.errors.labels(error_type="body_too_large").inc()
-        body = orjson.dumps(
-            {
-                "error": f"request body exceeds the limit of {limit} bytes",
-                "error_type": "body_too_large",
-            }
-        )
+    async def _reject(
+        self,
+        send: Send,
+        status: int,
+        error_type: str,
+        message: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Answer before the app runs, in the one error shape."""
+        self.metrics.errors.labels(error_type=error_type).inc()
+        body = orjson.dumps({"error": message, "error_type": error_type})
         await send(
             {
                 "type": "http.response.start",
-                "status": 413,
+                "status": status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
+                    *(extra or []),
                 ],
             }
         )

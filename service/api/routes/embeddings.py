@@ -7,12 +7,13 @@ import base64
 import numpy as np
 from fastapi import APIRouter
 
+from service.api.auth import ReadScope
 from service.api.deps import EngineDep
 from service.api.responses import ORJSONResponse
 from service.api.routes.common import timing_headers
 from service.api.schemas import EmbedRequest, OpenAIEmbeddingRequest, OpenAIEmbeddingResponse
 
-router = APIRouter(tags=["embeddings"])
+router = APIRouter(tags=["embeddings"], dependencies=[ReadScope])
 
 
 @router.post("/v1/embeddings", response_model=OpenAIEmbeddingResponse)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import __version__
+from service.api.auth import ReadScope
 from service.api.deps import EngineDep, StateDep
 from service.api.responses import ORJSONResponse
 
@@ -36,7 +37,7 @@ async def ready(state: StateDep) -> ORJSONResponse:
     return ORJSONResponse({"status": "ready"})
 
 
-@router.get("/info")
+@router.get("/info", dependencies=[ReadScope])
 async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
     """The model, pooling, dims, whitening, head, limits and versions."""
     import onnxruntime

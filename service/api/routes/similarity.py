@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter
 
+from service.api.auth import ReadScope
 from service.api.deps import EngineDep
 from service.api.responses import ORJSONResponse
 from service.api.routes.common import timing_headers
 from service.api.schemas import SimilarityRequest, SimilarityResponse, TEISimilarityRequest
 
-router = APIRouter(tags=["similarity"])
+router = APIRouter(tags=["similarity"], dependencies=[ReadScope])
 
 
 @router.post("/v1/similarity", response_model=SimilarityResponse)
