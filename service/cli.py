@@ -48,6 +48,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.bundle is None:
         settings = settings.model_copy(update={"bundle": ensure_default_bundle(settings)})
     app = create_app(settings)
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(
+            settings.metrics_port, addr=settings.host, registry=app.state.simsvc.metrics.registry
+        )
     uvicorn.run(
         app,
         host=settings.host,
@@ -112,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument("--metrics-port", type=int, help="serve /metrics on its own port")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("build", help="build a model bundle from a checkpoint")

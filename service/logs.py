@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import IO
 
 from service.api.middleware import request_id_var
 
@@ -32,15 +33,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure_logging(level: str = "info", json_lines: bool = False) -> None:
-    """Route the service's and uvicorn's logs through one handler."""
-    handler = logging.StreamHandler()
+def make_handler(stream: IO[str] | None = None, json_lines: bool = False) -> logging.Handler:
+    """A handler that stamps each record with the request id, as text or JSON lines."""
+    handler = logging.StreamHandler(stream)
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(
         JsonFormatter()
         if json_lines
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
     )
+    return handler
+
+
+def configure_logging(level: str = "info", json_lines: bool = False) -> None:
+    """Route the service's and uvicorn's logs through one handler."""
+    handler = make_handler(json_lines=json_lines)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -131,6 +131,16 @@ async def _start_engine(state: AppState, factory: EngineFactory | None) -> None:
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.error("model failed to load: %s", state.load_error)
         return
+    if state.bundle is None:  # an injected engine: describe it from the engine itself
+        state.metrics.model_info.info(
+            {
+                "model": engine.model_name,
+                "pooling": engine.pooling,
+                "bundle_sha": "none",
+                "dims": str(engine.dims),
+            }
+        )
+    state.metrics.queue_capacity.set(state.settings.max_queue_texts)
     state.engine = engine
     state.metrics.ready.set(1)
     log.info("ready: model %s, pooling %s, %d dims", engine.model_name, engine.pooling, engine.dims)
@@ -170,6 +180,8 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
     handlers.install(app)
     for router in (similarity.router, embeddings.router, health.router):
         app.include_router(router)
+    if settings.metrics_port is None:  # else `simsvc serve` exposes them on their own port
+        app.include_router(health.metrics_router)
     app.add_middleware(
         RequestMiddleware,
         metrics=metrics,

@@ -100,6 +100,11 @@ class Metrics:
         self.queue_depth_gauge = Gauge(
             "simsvc_queue_depth", "Texts accepted and not yet encoded.", registry=r
         )
+        self.queue_capacity = Gauge(
+            "simsvc_queue_capacity",
+            "Texts the encoder queue accepts before answering 429.",
+            registry=r,
+        )
         self.tokens = Counter("simsvc_tokens", "Tokens encoded.", registry=r)
         self.truncated = Counter(
             "simsvc_truncated", "Texts cut to the model's max length.", registry=r

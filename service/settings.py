@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: str = "info"
     log_json: bool = False
+    metrics_port: int | None = Field(
+        default=None, description="serve /metrics on this port instead of the API port"
+    )
 
     # Encoder.
     threads: int = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
@@ -17,6 +18,7 @@ from service.errors import ServiceError
 from service.metrics import Metrics
 
 request_id_var: ContextVar[str] = ContextVar("simsvc_request_id", default="-")
+access_log = logging.getLogger("simsvc.access")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -92,8 +94,17 @@ class RequestMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             labels = (path, scope.get("method", ""), str(status))
+            elapsed = time.perf_counter() - started
             self.metrics.requests.labels(*labels).inc()
-            self.metrics.request_duration.labels(*labels).observe(time.perf_counter() - started)
+            self.metrics.request_duration.labels(*labels).observe(elapsed)
+            access_log.info(
+                "%s %s %d %.1fms key=%s",
+                scope.get("method", ""),
+                scope["path"],
+                status,
+                elapsed * 1000,
+                scope.get("simsvc.key_name", "-"),
+            )
             request_id_var.reset(token)
 
     async def _reject(

@@ -14,6 +14,7 @@ from service.api.deps import EngineDep, StateDep
 from service.api.responses import ORJSONResponse
 
 router = APIRouter(tags=["operations"])
+metrics_router = APIRouter(tags=["operations"])
 
 
 @router.get("/health")
@@ -93,7 +94,7 @@ async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
     }
 
 
-@router.get("/metrics", include_in_schema=False)
+@metrics_router.get("/metrics", include_in_schema=False)
 async def metrics(state: StateDep) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
