@@ -20,15 +20,18 @@ import numpy as np
 from models.datasets import read_pairs, read_texts
 from models.evaluate import evaluate_pairs
 from models.export_onnx import PARITY_TEXTS, check_parity, export_onnx, load_checkpoint
+from models.optimize import QUANTIZED_OPS, fuse_graph, quantize_int8
 from service import __version__
 from service.runtime.bundle import (
     FORMAT_VERSION,
     HEAD_FILE,
+    MODEL_FILE,
     WHITENING_FILE,
     Bundle,
     Dims,
     HeadInfo,
     Manifest,
+    QuantizationInfo,
     SourceInfo,
     WhiteningInfo,
     load_bundle,
@@ -58,6 +61,8 @@ class BuildOptions:
     calibration: str | None = None
     max_length: int | None = None
     opset: int = 17
+    optimize: bool = True
+    quantize: str | None = None
     eval_on: list[Path] = field(default_factory=list)
     threads: int = 0
     force: bool = False
@@ -100,6 +105,17 @@ def fit_whitening(
     return whitening, info
 
 
+def agreement(a: OnnxEncoder, b: OnnxEncoder, texts: list[str]) -> dict[str, float]:
+    """Min cosine per output between two encoders of the same model on the same texts."""
+    va, vb = encode_texts(a, texts), encode_texts(b, texts)
+    out = {}
+    for name in a.outputs:
+        x, y = va[name], vb[name]
+        cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1) + 1e-12)
+        out[name] = round(float(cos.min()), 6)
+    return out
+
+
 def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> Manifest:
     """Build a complete, verified bundle at `opts.out`."""
     import onnxruntime
@@ -125,14 +141,30 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
     try:
         say(f"exporting to ONNX (opset {opts.opset})")
         inputs = export_onnx(ckpt, work, opts.opset)
+        model_path = work / MODEL_FILE
+        fusions: dict[str, int] = {}
+        if opts.optimize:
+            plain = work / ".export.onnx"
+            os.replace(model_path, plain)
+            try:
+                fusions = fuse_graph(plain, model_path, ckpt.heads, ckpt.hidden)
+                say(f"fused: {fusions}")
+            except Exception as exc:  # noqa: BLE001 - an unfusable graph still serves
+                say(f"graph fusion skipped ({type(exc).__name__}: {exc}); serving the plain export")
+                os.replace(plain, model_path)
+            plain.unlink(missing_ok=True)
         pad_id = ckpt.tokenizer.pad_token_id
-        encoder = OnnxEncoder(
-            work / "model.onnx",
-            work / "tokenizer.json",
-            max_length,
-            pad_id=0 if pad_id is None else int(pad_id),
-            threads=opts.threads,
-        )
+
+        def encoder_for(path: Path) -> OnnxEncoder:
+            return OnnxEncoder(
+                path,
+                work / "tokenizer.json",
+                max_length,
+                pad_id=0 if pad_id is None else int(pad_id),
+                threads=opts.threads,
+            )
+
+        encoder = encoder_for(model_path)
         parity_texts = list(PARITY_TEXTS) + list(islice(_texts(opts.whiten_on), 24))
         parity, tokenizer_match = check_parity(ckpt, encoder, parity_texts)
         worst = min(p.min_cosine for p in parity.values())
@@ -142,6 +174,20 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
                 f"ONNX parity failed: min cosine {worst:.7f} (need {opts.parity_min_cosine}), "
                 f"tokenizer match {tokenizer_match}"
             )
+        fp32_encoder, quantization = encoder, None
+        if opts.quantize == "int8":
+            fp32_path = work / ".model.fp32.onnx"  # dot-files stay out of the bundle
+            os.replace(model_path, fp32_path)
+            quantize_int8(fp32_path, model_path)
+            fp32_encoder, encoder = encoder_for(fp32_path), encoder_for(model_path)
+            quantization = QuantizationInfo(
+                method="dynamic int8: s8 weights per tensor, u8 activations; "
+                + "+".join(QUANTIZED_OPS),
+                min_cosine_vs_fp32=agreement(encoder, fp32_encoder, parity_texts),
+            )
+            say(f"int8: min cosine vs fp32 {quantization.min_cosine_vs_fp32}")
+        elif opts.quantize is not None:
+            raise ValueError(f"unknown quantization {opts.quantize!r}; use int8")
 
         if opts.whiten_on:
             whitening, winfo = fit_whitening(encoder, pooling, opts.whiten_on, opts.whiten_dim, say)
@@ -183,6 +229,7 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
                 if pairs.binary
                 else f"soft labels (score - {pairs.low:g}) / {pairs.high - pairs.low:g}",
                 c=facts["c"],
+                c_path=facts["c_path"],
                 cv_spearman=facts["cv_spearman"],
             )
             say(f"head: C={facts['c']}, cross-validated Spearman {facts['cv_spearman']}")
@@ -202,6 +249,8 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
             pad_id=encoder.pad_id,
             inputs=inputs,
             opset=opts.opset,
+            fusions=fusions,
+            quantization=quantization,
             parity=parity,
             whitening=winfo,
             head=head_info,
@@ -217,9 +266,19 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
         if opts.eval_on:
             bundle: Bundle = load_bundle(work)
             for f in opts.eval_on:
-                manifest.evaluation[f.name] = evaluate_pairs(bundle, read_pairs(f), encoder)
+                pairs = read_pairs(f)
+                manifest.evaluation[f.name] = evaluate_pairs(bundle, pairs, encoder)
                 say(f"evaluation on {f.name}: {manifest.evaluation[f.name]['spearman']}")
+                if quantization is not None:
+                    fp32 = evaluate_pairs(bundle, pairs, fp32_encoder)["spearman"]
+                    quantization.spearman[f.name] = {
+                        "fp32": fp32,
+                        "int8": manifest.evaluation[f.name]["spearman"],
+                    }
+                    say(f"the same with the fp32 graph: {fp32}")
             manifest = write_manifest(work, manifest)
+        for leftover in work.glob(".*"):
+            leftover.unlink()
         load_bundle(work)  # the service's own check, before the bundle is moved into place
         if opts.out.exists():
             shutil.rmtree(opts.out)

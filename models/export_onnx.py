@@ -64,6 +64,7 @@ class LoadedCheckpoint:
     pooler_trained: bool
     uses_token_types: bool
     hidden: int
+    heads: int
     max_positions: int
     st_pooling: str | None
     st_max_length: int | None
@@ -127,6 +128,7 @@ def load_checkpoint(model: str) -> LoadedCheckpoint:
         pooler_trained=pooler_trained,
         uses_token_types=uses_token_types,
         hidden=int(config.hidden_size),
+        heads=int(config.num_attention_heads),
         max_positions=int(getattr(config, "max_position_embeddings", 512)),
         st_pooling=st_pooling,
         st_max_length=st_max,

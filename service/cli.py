@@ -87,6 +87,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             calibration=args.calibration,
             max_length=args.max_length,
             opset=args.opset,
+            optimize=not args.no_optimize,
+            quantize=args.quantize,
             eval_on=args.eval_on,
             threads=args.threads,
             force=args.force,
@@ -143,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", choices=["logistic", "sigmoid", "isotonic"])
     p.add_argument("--max-length", type=int)
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument(
+        "--no-optimize",
+        action="store_true",
+        help="skip the transformer graph fusions (Attention, LayerNorm, GELU)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="dynamic int8 quantization (u8s8, uses VNNI); its accuracy cost on "
+        "--eval-on sets is recorded in the manifest",
+    )
     p.add_argument(
         "--eval-on",
         type=Path,

@@ -82,6 +82,8 @@ def engine_from_bundle(settings: Settings, metrics: Metrics, bundle: Bundle) -> 
         max_length=manifest.max_length,
         pad_id=manifest.pad_id,
         threads=settings.threads,
+        cpu_arena=settings.onnx_cpu_arena,
+        spin=settings.onnx_spin,
     )
     if core.dims != manifest.dims.hidden or set(core.outputs) != set(manifest.outputs):
         raise BundleError(

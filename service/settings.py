@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores"
     )
     warmup: bool = True
+    onnx_spin: bool = Field(default=True, description="let ONNX Runtime threads spin between runs")
+    onnx_cpu_arena: bool = Field(
+        default=True, description="ONNX Runtime CPU memory arena (see BENCHMARKS.md, memory)"
+    )
 
     # Request limits.
     max_texts_per_request: int = Field(default=256, ge=1)

@@ -67,7 +67,18 @@ class HeadInfo(BaseModel):
     pairs: int
     targets: str
     c: float
+    c_path: list[float] = Field(default_factory=list)
+    """The head averages the models fitted with these C values (strongest penalty first)."""
     cv_spearman: float | None = None
+
+
+class QuantizationInfo(BaseModel):
+    """What quantization did to the served graph, measured against the fp32 graph."""
+
+    method: str
+    min_cosine_vs_fp32: dict[str, float]
+    spearman: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)
+    """Per eval file: {"fp32": {...}, "int8": {...}} Spearman x100 figures."""
 
 
 class Manifest(BaseModel):
@@ -82,7 +93,8 @@ class Manifest(BaseModel):
     pad_id: int = 0
     inputs: list[str]
     opset: int
-    quantization: str | None = None
+    fusions: dict[str, int] = Field(default_factory=dict)
+    quantization: QuantizationInfo | None = None
     parity: dict[str, Parity] = Field(default_factory=dict)
     whitening: WhiteningInfo
     head: HeadInfo | None = None

@@ -129,6 +129,8 @@ class OnnxEncoder:
         max_length: int,
         pad_id: int = 0,
         threads: int = 0,
+        cpu_arena: bool = True,
+        spin: bool = True,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -147,6 +149,11 @@ class OnnxEncoder:
             options.intra_op_num_threads = threads
         # Shapes vary per batch: memory patterns would be planned (and kept) for each one.
         options.enable_mem_pattern = False
+        # The arena keeps freed blocks for reuse (faster) but holds its peak; off returns
+        # memory to the allocator after each run.
+        options.enable_cpu_mem_arena = cpu_arena
+        # Spinning threads answer the next run sooner but burn CPU the event loop may need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self._session = ort.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )

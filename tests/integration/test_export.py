@@ -150,3 +150,57 @@ def test_build_refuses_to_overwrite_without_force(tiny_bundle: Path, tiny_checkp
     with pytest.raises(FileExistsError):
         build_bundle(BuildOptions(model=str(tiny_checkpoint), out=tiny_bundle), say=lambda _m: None)
     assert load_bundle(tiny_bundle).head is not None
+
+
+def test_fused_graph_keeps_parity(tiny_bundle: Path) -> None:
+    manifest = load_bundle(tiny_bundle).manifest
+    assert manifest.fusions.get("Attention") == 2  # one per layer
+    assert manifest.fusions.get("SkipLayerNormalization", 0) >= 2
+    assert min(p.min_cosine for p in manifest.parity.values()) >= 0.99999
+
+
+def test_int8_build_records_its_accuracy_cost(
+    tmp_path: Path, tiny_checkpoint: Path, tiny_data: dict[str, Path]
+) -> None:
+    import onnx
+
+    out = tmp_path / "int8"
+    manifest = build_bundle(
+        BuildOptions(
+            model=str(tiny_checkpoint),
+            out=out,
+            pooling="mean",
+            max_length=64,
+            whiten_on=[tiny_data["corpus"]],
+            eval_on=[tiny_data["dev"]],
+            quantize="int8",
+            threads=1,
+        ),
+        say=lambda _m: None,
+    )
+    q = manifest.quantization
+    assert q is not None and "int8" in q.method
+    assert set(q.min_cosine_vs_fp32) == {"cls", "pooler", "mean", "first_last_avg"}
+    assert all(0.9 < c <= 1.0 for c in q.min_cosine_vs_fp32.values())
+    figures = q.spearman["dev.tsv"]
+    assert set(figures) == {"fp32", "int8"}
+    assert figures["int8"] == manifest.evaluation["dev.tsv"]["spearman"]
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert {"QAttention", "DynamicQuantizeLinear"} & ops, ops
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    load_bundle(out)
+
+
+def test_no_optimize_serves_the_plain_export(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    manifest = build_bundle(
+        BuildOptions(
+            model=str(tiny_checkpoint),
+            out=tmp_path / "plain",
+            pooling="mean",
+            max_length=32,
+            optimize=False,
+        ),
+        say=lambda _m: None,
+    )
+    assert manifest.fusions == {}
+    assert min(p.min_cosine for p in manifest.parity.values()) >= 0.99999

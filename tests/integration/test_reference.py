@@ -59,3 +59,26 @@ def test_service_on_the_english_reference(
     assert results[0]["score"] > results[1]["score"]
     assert results[0]["probability"] > 0.5 > results[1]["probability"]
     assert results[0]["similar"] is True and results[1]["similar"] is False
+
+
+def test_int8_english_reference_stays_within_a_point_of_fp32(shared: Path, tmp_path: Path) -> None:
+    from models.build import BuildOptions, build_bundle
+
+    train = shared / "data" / "stsb-en" / "train.tsv"
+    manifest = build_bundle(
+        BuildOptions(
+            model=str(shared / "models" / "refbert-en-L6-H384"),
+            out=tmp_path / "int8",
+            pooling="first_last_avg",
+            whiten_on=[train],
+            head_pairs=train,
+            eval_on=[shared / "data" / "stsb-en" / "dev.tsv"],
+            quantize="int8",
+        ),
+        say=lambda _m: None,
+    )
+    assert manifest.quantization is not None
+    figures = manifest.quantization.spearman["dev.tsv"]
+    print("refbert-en int8 vs fp32 graph, STS-B dev:", figures)
+    for key in ("raw_cosine", "whitened_cosine", "head_probability"):
+        assert abs(figures["int8"][key] - figures["fp32"][key]) <= 1.0, key

@@ -1,0 +1,1 @@
+"""Benchmark scripts: each prints a table, writes JSON and a PNG plot; see BENCHMARKS.md."""
