@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import bar_plot, machine, save_json, shared_dir, table
-from bench.http import reference_bundle
+from bench.serving import reference_bundle
 from bench.loadgen import Server, load
 from models.datasets import read_pairs
 

@@ -2,7 +2,7 @@
 throughput at concurrency 1, 8, 32 and 128 (one text per request, so the dynamic batcher
 does the batching) against the in-process encoder on the same texts, in one run.
 
-    python bench/http.py --bundle bench/out/bundles/ref-en-default
+    python bench/serving.py --bundle bench/out/bundles/ref-en-default
 
 Without --bundle it builds the reference English bundle (whitening + head from STS-B train).
 The load generator runs on the same machine over loopback.
