@@ -467,6 +467,44 @@ def _step_seconds(net: Any, batch: Batch, device: Any, precision: str) -> float:
     return 1.1 * float(np.median(times[1:]))
 
 
+def _train_step(
+    net: Any,
+    optimizer: Any,
+    scaler: Any,
+    batch: Batch,
+    lr: float,
+    clip: float,
+    device: Any,
+    precision: str,
+) -> dict[str, float]:
+    """One AdamW update at learning rate `lr`, clipped; returns the batch's figures."""
+    import torch
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with _autocast(device, precision):
+        r = _losses(net, _tensors(batch, device))
+        loss = r["mlm"] + r["nsp"]
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:  # fp16: scale the loss, unscale before clipping
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return {
+        "mlm": float(r["mlm"].detach()),
+        "nsp": float(r["nsp"].detach()),
+        "mlm_acc": r["mlm_correct"] / max(r["masked"], 1),
+        "nsp_acc": r["nsp_correct"] / r["rows"],
+    }
+
+
 def _resolve_config(opts: PretrainOptions, recorded: dict[str, Any] | None) -> TrainConfig:
     source = opts.init or (str(opts.config) if opts.config else None)
     tokenizer = opts.tokenizer or opts.init
@@ -638,33 +676,11 @@ def pretrain(opts: PretrainOptions, say: Callable[[str], None] = log.info) -> di
             break
         batch = mask_batch(collate(cursor.take(cfg.batch_size), tokens), tokens, mask_rng)
         lr = cfg.lr * lr_factor(run.step + 1, run.horizon, warm)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with _autocast(device, precision):
-            r = _losses(net, _tensors(batch, device))
-            loss = r["mlm"] + r["nsp"]
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        run.recent.append(
+            _train_step(net, optimizer, scaler, batch, lr, cfg.clip, device, precision)
+        )
         run.step += 1
         run.epoch, run.consumed = cursor.epoch, cursor.consumed
-        run.recent.append(
-            {
-                "mlm": float(r["mlm"].detach()),
-                "nsp": float(r["nsp"].detach()),
-                "mlm_acc": r["mlm_correct"] / max(r["masked"], 1),
-                "nsp_acc": r["nsp_correct"] / r["rows"],
-            }
-        )
         avg = {k: float(np.mean([w[k] for w in run.recent])) for k in run.recent[0]}
         bar.update(1)
         bar.set_postfix(
