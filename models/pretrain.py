@@ -33,6 +33,7 @@ import numpy as np
 from models.export_onnx import require_build_extra
 from models.pretrain_data import (
     IGNORE,
+    POOL_CHARS,
     Batch,
     Encode,
     InstanceCursor,
@@ -74,7 +75,7 @@ class PretrainOptions:
     seed: int = 0
     heldout: float = 0.02
     eval_instances: int = 1000
-    pool_chars: int = 2_000_000
+    pool_chars: int = POOL_CHARS
     resume: bool = False
     force: bool = False
     device: str = "auto"
@@ -172,6 +173,7 @@ def lr_factor(step: int, horizon: int, warmup_steps: int) -> float:
 
 
 def warmup_steps(warmup: float, horizon: int) -> int:
+    """Warm-up length for a share of the horizon (at least one step unless the share is 0)."""
     return max(1, round(warmup * horizon)) if warmup > 0 else 0
 
 
@@ -757,7 +759,7 @@ def evaluate_mlm(
     batch_size: int = 64,
     seed: int = 0,
     device: str = "auto",
-    pool_chars: int = 2_000_000,
+    pool_chars: int = POOL_CHARS,
     threads: int = 0,
 ) -> dict[str, Any]:
     """MLM and NSP accuracy of a checkpoint on the first `instances` pairs of a corpus (the

@@ -43,6 +43,9 @@ Doc = list[list[int]]
 Encode = Callable[[list[str]], list[list[int]]]
 """Texts -> token ids without special tokens (the tokenizer, wrapped)."""
 
+POOL_CHARS = 2_000_000
+"""Default pool size in characters (about 0.5 M tokens of English)."""
+
 RANDOM_B_TRIES = 10
 """Documents tried for a random B long enough to match the true one (short documents,
 such as one-sentence ones, would otherwise make random Bs shorter than true ones)."""
@@ -312,7 +315,7 @@ def stream_instances(
     epoch: int = 0,
     part: str = "all",
     heldout: float = 0.0,
-    pool_chars: int = 2_000_000,
+    pool_chars: int = POOL_CHARS,
 ) -> Iterator[Instance]:
     """The instances of one pass over the corpus; the same arguments give the same stream.
 
