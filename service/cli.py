@@ -110,6 +110,57 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    _configure_logging()
+    try:
+        from models.export_onnx import require_build_extra
+
+        require_build_extra()
+        from models.pretrain import PretrainOptions, pretrain
+    except ImportError as exc:
+        print(f"simsvc pretrain: {exc}", file=sys.stderr)
+        return 2
+    opts = PretrainOptions(
+        **{k: v for k, v in vars(args).items() if k not in ("command", "func", "no_progress")},
+        progress=not args.no_progress,
+    )
+    try:
+        run = pretrain(opts, say=lambda m: print(m, file=sys.stderr))
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        print(f"simsvc pretrain: {exc}", file=sys.stderr)
+        return 2
+    keys = ("out", "step", "horizon", "stopped", "seconds", "heads_initialised")
+    print(json.dumps({**{k: run[k] for k in keys}, "heldout": run["heldout"][-1:]}, indent=1))
+    return 0
+
+
+def cmd_evaluate_mlm(args: argparse.Namespace) -> int:
+    try:
+        from models.export_onnx import require_build_extra
+
+        require_build_extra()
+        from models.pretrain import evaluate_mlm, format_mlm
+    except ImportError as exc:
+        print(f"simsvc evaluate-mlm: {exc}", file=sys.stderr)
+        return 2
+    try:
+        figures = evaluate_mlm(
+            args.model,
+            args.corpus,
+            instances=args.instances,
+            max_length=args.max_length,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            threads=args.threads,
+        )
+    except ValueError as exc:
+        print(f"simsvc evaluate-mlm: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(figures, indent=1) if args.json else format_mlm(figures))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simsvc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +231,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="store_true", help="store the figures in the manifest")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("pretrain", help="masked LM + next-sentence pretraining (domain adaptation)")
+    p.add_argument(
+        "--corpus",
+        required=True,
+        type=Path,
+        nargs="+",
+        action="extend",
+        help="paragraph per line, blank line between documents (.gz/.xz too), or pair files",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output checkpoint directory")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--init", help="checkpoint to continue from (keeps its MLM/NSP heads)")
+    src.add_argument("--config", type=Path, help="BERT config.json: start from random weights")
+    p.add_argument("--tokenizer", help="tokenizer directory (default: the --init checkpoint's)")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimizer steps (the schedule's horizon)")
+    length.add_argument("--time-budget", type=float, help="seconds for this run")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    p.add_argument("--warmup", type=float, default=0.06, help="warm-up share of the steps")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--heldout", type=float, default=0.02, help="share of documents held out")
+    p.add_argument("--eval-instances", type=int, default=1000, help="held-out pairs to score")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--save-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--stop-after", type=int, help="stop (saved, resumable) after this step")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--force", action="store_true", help="start over in a non-empty --out")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("evaluate-mlm", help="MLM and NSP accuracy of a checkpoint on a corpus")
+    p.add_argument("--model", required=True, help="checkpoint with MLM and NSP heads")
+    p.add_argument("--corpus", required=True, type=Path, nargs="+", action="extend")
+    p.add_argument("--instances", type=int, default=4000, help="pairs from the corpus start")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate_mlm)
     return parser
 
 
