@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import bar_plot, machine, save_json, shared_dir, table
-from bench.serving import reference_bundle
 from bench.loadgen import Server, load
+from bench.serving import reference_bundle
 from models.datasets import read_pairs
 
 
