@@ -21,6 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from service.cli import main
 from service.settings import Settings
 from tests.builders import sentences
 
@@ -131,6 +132,62 @@ def server_factory(tiny_bundle: Path, tmp_path: Path) -> Iterator[Callable[..., 
     yield make
     for server in servers:
         server.stop()
+
+
+def test_cli_indexes_resumably_searches_and_evaluates(
+    server_factory: Callable[..., Server],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = json.dumps([{"name": "ci", "key": "secret-key", "scopes": ["admin"]}])
+    server = server_factory(tmp_path / "data", SIMSVC_API_KEYS=keys)
+    monkeypatch.setenv("SIMSVC_API_KEY", "secret-key")
+    texts = list(dict.fromkeys(sentences(60, seed=5)))[:30]
+    lines = [
+        json.dumps({"_id": str(i), "title": f"doc {i}", "text": t}) for i, t in enumerate(texts)
+    ]
+    corpus = tmp_path / "corpus.jsonl"
+    broken = [*lines[:12], json.dumps({"_id": "12"}), *lines[13:]]  # line 13 lacks its text
+    corpus.write_text("\n".join(broken) + "\n")
+    args = ["index", str(corpus), "--collection", "docs", "--batch", "5", "--url", server.url]
+
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "lines 11-15" in err and "text" in err and "resume" in err
+    assert "indexing docs" in err  # the progress bar
+    state = corpus.with_name("corpus.jsonl.docs.simsvc-index")
+    assert json.loads(state.read_text())["lines"] == 10
+
+    corpus.write_text("\n".join(lines) + "\n")  # fixed; the first 10 lines are unchanged
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "resuming after 10 lines" in err and "30/30" in err
+    assert "20 documents indexed" in out and "holds 30" in out
+    assert not state.exists()
+
+    assert main(["search", "--collection", "docs", texts[21], "-k", "3", "--url", server.url]) == 0
+    first = capsys.readouterr().out.splitlines()[0].split()
+    assert first[0] == "1" and first[2] == "21"
+
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(
+        "".join(
+            json.dumps({"_id": f"q{i}", "text": f"doc {i} {t}"}) + "\n" for i, t in enumerate(texts)
+        )
+    )
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\t{i}\t1\n" for i in range(len(texts)))
+    )
+    evaluate = ["evaluate-retrieval", "--collection", "docs", "--queries", str(queries)]
+    assert main([*evaluate, "--qrels", str(qrels), "--url", server.url, "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["queries"] == 30 and figures["ndcg@10"] > 0.95 and figures["recall@100"] == 1.0
+
+    monkeypatch.setenv("SIMSVC_API_KEY", "wrong")
+    assert main(["search", "--collection", "docs", "x", "--url", server.url]) == 1
+    assert "401" in capsys.readouterr().err
 
 
 class Uploader(threading.Thread):
