@@ -152,6 +152,12 @@ def index_file(
     state_path = state_path or default_state_path(path, collection)
     total = count_lines(path)
     done, digest = _read_state(state_path, collection)
+    try:  # before anything is sent: a run that cannot record progress could not resume
+        _write_state(state_path, collection, done, digest)
+    except OSError as exc:
+        raise ClientError(
+            f"cannot write the progress file {state_path} ({exc}): pass --state"
+        ) from exc
     started = time.perf_counter()
     indexed = count = 0
     hasher = hashlib.sha256()

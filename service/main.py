@@ -30,6 +30,7 @@ from service.runtime.collections import CollectionLimits, Collections, IndexDefa
 from service.runtime.encoder import EncoderCore, OnnxEncoder
 from service.runtime.engine import Engine, EngineLimits
 from service.runtime.head import PairHead
+from service.runtime.index import set_threads as set_index_threads
 from service.runtime.whitening import Whitening
 from service.settings import Settings
 
@@ -197,6 +198,7 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
             state.bundle = await asyncio.to_thread(load_bundle, settings.bundle)
             _publish_bundle(metrics, state.bundle)
         loader = asyncio.create_task(_start_engine(state, engine_factory))
+        set_index_threads(settings.index_threads)
         colls = make_collections(settings, metrics)
         opener = asyncio.create_task(_open_collections(state, colls))
         try:

@@ -106,11 +106,17 @@ class Settings(BaseSettings):
         default=0.25, gt=0.0, description="hnsw tombstones per live document that force a rebuild"
     )
     index_default_kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    index_threads: int = Field(
+        default=1,
+        ge=0,
+        description="FAISS (OpenMP) threads per search; 0 = all cores. Searches already run "
+        "concurrently, one per request: more threads per query only spin on a busy CPU",
+    )
     hnsw_m: int = Field(default=32, ge=2)
     hnsw_ef_construction: int = Field(default=200, ge=1)
-    hnsw_ef_search: int = Field(default=128, ge=1)
+    hnsw_ef_search: int = Field(default=512, ge=1)
     ivf_nlist: int = Field(default=0, ge=0, description="0: about sqrt(documents)")
-    ivf_nprobe: int = Field(default=16, ge=1)
+    ivf_nprobe: int = Field(default=48, ge=1)
     ivf_min_documents: int = Field(
         default=1000, ge=1, description="an ivf collection is searched exactly until this size"
     )

@@ -119,9 +119,9 @@ class IndexDefaults:
     kind: IndexKind = "flat"
     hnsw_m: int = 32
     hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 512
     ivf_nlist: int = 0
-    ivf_nprobe: int = 16
+    ivf_nprobe: int = 48
 
     def params(self, kind: IndexKind) -> dict[str, int]:
         return {name: int(getattr(self, f"{kind}_{name}")) for name in PARAMS[kind]}
@@ -329,7 +329,7 @@ class Collection:
             view = self.build(spec, dims, white)
         caught_up = self.catch_up(view)
         self.view = view
-        if rebuilt or caught_up:
+        if (rebuilt or caught_up) and self.store.seq:  # a new, empty collection needs none
             self.checkpoint(view)
             self._observer.rebuilt("recover", time.perf_counter() - started)
             log.info(
@@ -484,6 +484,7 @@ class Collection:
         meta = {"config": view.config(), "whitening": view.whitening.meta()}
         self.checkpoint(view, meta)
         self.view = view
+        self._clean_files()  # the whitening it replaced
 
     def commit(self, txn: WriteTxn, changes: int) -> int:
         """Commit a write, bring the index up to date, snapshot now and then; the new count."""

@@ -73,6 +73,14 @@ def ivf_min_training(spec: IndexSpec, min_documents: int) -> int:
     return max(min_documents, spec.params["nlist"] * IVF_POINTS_PER_LIST)
 
 
+def set_threads(threads: int) -> None:
+    """FAISS's OpenMP threads for the process (0: leave FAISS's default, all cores)."""
+    if threads > 0:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+
+
 class VectorIndex:
     """One FAISS index of unit vectors, searched by inner product, addressed by int64 ids."""
 

@@ -87,7 +87,7 @@ def test_collection_lifecycle(cclient: TestClient) -> None:
     info = created.json()
     assert info["name"] == "books" and info["count"] == 0 and info["dims"] == DIMS
     assert info["index"]["kind"] == "hnsw"
-    assert info["index"]["params"] == {"m": 32, "ef_construction": 200, "ef_search": 128}
+    assert info["index"]["params"] == {"m": 32, "ef_construction": 200, "ef_search": 512}
     assert info["whitening"]["version"] == 0 and info["whitening"]["source"] == "bundle"
     again = cclient.put("/v1/collections/books", json={"index": {"params": {"ef_search": 99}}})
     assert again.status_code == 200 and again.json()["index"]["params"]["ef_search"] == 99
