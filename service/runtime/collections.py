@@ -159,6 +159,10 @@ class Hit:
     score: float
 
 
+def _embed(white: WhiteningState, dims: int, raw: FloatArray) -> FloatArray:
+    return white.transform.apply(raw, normalize=True, dims=dims)
+
+
 @dataclass
 class IndexView:
     """An index with the whitening and dims its vectors were made with; swapped as a whole."""
@@ -172,7 +176,7 @@ class IndexView:
 
     def embed(self, raw: FloatArray) -> FloatArray:
         """Whitened, cut to `dims`, unit length: what the index holds and queries use."""
-        return self.whitening.transform.apply(raw, normalize=True, dims=self.dims)
+        return _embed(self.whitening, self.dims, raw)
 
     def config(self) -> dict[str, Any]:
         return {**self.index.spec.as_dict(), "dims": self.dims}
@@ -417,7 +421,7 @@ class Collection:
             if spec.kind == "ivf" and live >= ivf_min_training(spec, self.limits.ivf_min_documents):
                 sample = r.sample(ivf_lists(spec, live) * IVF_MAX_TRAIN_PER_LIST)
                 if sample is not None:
-                    train = white.transform.apply(sample, normalize=True, dims=dims)
+                    train = _embed(white, dims, sample)
             view = IndexView(VectorIndex.create(spec, dims, train, live), white, dims, seq)
             for seqs, raw in r.vectors():
                 view.index.add(seqs, view.embed(raw))

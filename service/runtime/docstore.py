@@ -140,14 +140,26 @@ class StoreReader:
             flat = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
             yield seqs, flat.reshape(len(rows), -1)
 
-    def sample(self, n: int) -> FloatArray | None:
-        """Raw vectors of up to n random live documents (None when there are none)."""
-        rows = self._conn.execute(
-            "SELECT vector FROM documents ORDER BY random() LIMIT ?", (n,)
-        ).fetchall()
-        if not rows:
+    def sample(self, n: int, seed: int = 0) -> FloatArray | None:
+        """Raw vectors of up to n live documents, chosen by a seeded draw so that the same
+        store always yields the same sample (None when there are none)."""
+        seqs = [r[0] for r in self._conn.execute("SELECT seq FROM documents ORDER BY seq")]
+        if not seqs:
             return None
-        return np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+        if len(seqs) > n:
+            rows = np.sort(np.random.default_rng(seed).choice(len(seqs), n, replace=False))
+            seqs = [seqs[i] for i in rows]
+        blobs: list[bytes] = []
+        for start in range(0, len(seqs), _CHUNK):
+            part = seqs[start : start + _CHUNK]
+            marks = ",".join("?" * len(part))
+            blobs += [
+                r[0]
+                for r in self._conn.execute(
+                    f"SELECT vector FROM documents WHERE seq IN ({marks}) ORDER BY seq", part
+                )
+            ]
+        return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
 
     def removed_since(self, seq: int) -> IntArray:
         """Sequence numbers replaced or deleted by changes after `seq`."""

@@ -119,3 +119,18 @@ def test_a_closed_store_says_so(store: DocStore) -> None:
     store.close()
     with pytest.raises(NotFoundError), store.read():
         pass
+
+
+def test_samples_are_reproducible(store: DocStore) -> None:
+    txn = store.begin()
+    txn.upsert(
+        [Document(f"d{i}", "x") for i in range(50)],
+        np.arange(100, dtype=np.float32).reshape(50, 2),
+    )
+    txn.commit()
+    with store.read() as r:
+        everything = r.sample(80)
+        some, again = r.sample(10), r.sample(10)
+    assert everything is not None and np.array_equal(everything[:, 0], np.arange(0, 100, 2))
+    assert some is not None and again is not None and np.array_equal(some, again)
+    assert some.shape == (10, 2) and len(set(some[:, 0].tolist())) == 10
