@@ -457,3 +457,13 @@ def test_collection_scopes(make_client: Client, coll_settings: Settings) -> None
     assert client.delete("/v1/collections/c/documents/d1", headers=as_("r-key")).status_code == 403
     assert client.delete("/v1/collections/c/documents/d1", headers=as_("w-key")).status_code == 200
     assert client.put("/v1/collections/c", headers=as_("a-key")).status_code == 200
+
+
+def test_openapi_documents_both_bodies(cclient: TestClient) -> None:
+    spec = cclient.get("/openapi.json").json()
+    body = spec["paths"]["/v1/collections/{name}/documents"]["post"]["requestBody"]
+    assert set(body["content"]) == {"application/json", "application/x-ndjson"}
+    assert "$ref" not in str(body)  # inlined: no pointer into a missing $defs
+    item = body["content"]["application/json"]["schema"]["properties"]["documents"]["items"]
+    assert item["required"] == ["id", "text"]
+    assert "/v1/collections/{name}/whitening:refit" in spec["paths"]

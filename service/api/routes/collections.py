@@ -41,11 +41,30 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 _DOCUMENTS_PATH = re.compile(r"^/v1/collections/[^/]+/documents$")
+
+
+def _inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its `$defs` put in place: in an OpenAPI document, `#/$defs`
+    would point at the document's root."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return dict(resolve(schema))
+
+
 _DOCUMENTS_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": DocumentsRequest.model_json_schema()},
+            "application/json": {"schema": _inline_schema(DocumentsRequest.model_json_schema())},
             "application/x-ndjson": {
                 "schema": {
                     "type": "string",
