@@ -1,4 +1,5 @@
-"""The `simsvc` command: serve, build, evaluate (more subcommands register themselves here).
+"""The `simsvc` command: serve, build, evaluate, and the collection clients index, search and
+evaluate-retrieval (more subcommands register themselves here).
 
 Only this module and `service.main` construct `Settings`. Offline subcommands import the
 build extra lazily, with an actionable message when it is missing.
@@ -8,12 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.client import ServiceClient
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -161,6 +166,101 @@ def cmd_evaluate_mlm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> ServiceClient:
+    from service.client import ServiceClient
+
+    return ServiceClient(
+        args.url, api_key=os.environ.get("SIMSVC_API_KEY") or None, timeout=args.timeout
+    )
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from service.client import ClientError, index_file
+
+    try:
+        with _client(args) as client:
+            report = index_file(
+                client,
+                args.file,
+                args.collection,
+                batch=args.batch,
+                state_path=args.state,
+                progress=None if args.quiet else sys.stderr,
+                say=lambda m: print(m, file=sys.stderr),
+            )
+    except (ClientError, OSError) as exc:
+        print(f"simsvc index: {exc}", file=sys.stderr)
+        print("run the same command again to resume after the acknowledged lines", file=sys.stderr)
+        return 1
+    print(
+        f"{report.indexed} documents indexed into {args.collection} in {report.seconds:.1f}s "
+        f"({report.skipped} lines skipped as already done); the collection holds {report.count}"
+    )
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from service.client import ClientError, search
+
+    where: dict[str, Any] = {}
+    for item in args.filter:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"simsvc search: --filter takes key=value, got {item!r}", file=sys.stderr)
+            return 2
+        try:
+            where[key] = json.loads(value)
+        except ValueError:
+            where[key] = value
+    try:
+        with _client(args) as client:
+            hits = search(client, args.collection, args.query, args.k, where)
+    except ClientError as exc:
+        print(f"simsvc search: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(hits, indent=1, ensure_ascii=False))
+    else:
+        for rank, hit in enumerate(hits, 1):
+            text = " ".join(hit["text"].split())
+            print(f"{rank:>3}  {hit['score']:.4f}  {hit['id']}  {text[:100]}")
+    return 0
+
+
+def cmd_evaluate_retrieval(args: argparse.Namespace) -> int:
+    from service.client import ClientError, evaluate_retrieval, read_beir_qrels, read_beir_queries
+
+    try:
+        with _client(args) as client:
+            figures = evaluate_retrieval(
+                client,
+                args.collection,
+                read_beir_queries(args.queries),
+                read_beir_qrels(args.qrels),
+                recall_k=args.recall_k,
+                concurrency=args.concurrency,
+                progress=None if args.quiet else sys.stderr,
+            )
+    except (ClientError, OSError) as exc:
+        print(f"simsvc evaluate-retrieval: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(figures, indent=1))
+    else:
+        for key, value in figures.items():
+            print(f"{key:<20} {value}")
+    return 0
+
+
+def _add_client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        default=os.environ.get("SIMSVC_URL", "http://127.0.0.1:8000"),
+        help="the service (SIMSVC_URL); sends SIMSVC_API_KEY as a bearer key when set",
+    )
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simsvc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -280,6 +380,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate_mlm)
+
+    p = sub.add_parser("index", help="bulk-index a JSONL file into a collection (resumable)")
+    p.add_argument("file", type=Path, help='JSONL: {"id", "text", "metadata"} or BEIR corpus')
+    p.add_argument("--collection", required=True)
+    p.add_argument("--batch", type=int, default=256, help="documents per request")
+    p.add_argument("--state", type=Path, help="progress file (default: beside FILE)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_client_options(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search a collection by meaning")
+    p.add_argument("query")
+    p.add_argument("--collection", required=True)
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument(
+        "--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality"
+    )
+    p.add_argument("--json", action="store_true")
+    _add_client_options(p)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser(
+        "evaluate-retrieval", help="nDCG@10 and recall@100 of a collection on BEIR queries"
+    )
+    p.add_argument("--collection", required=True)
+    p.add_argument("--queries", required=True, type=Path, help="BEIR queries.jsonl")
+    p.add_argument("--qrels", required=True, type=Path, help="BEIR qrels TSV")
+    p.add_argument("--recall-k", type=int, default=100)
+    p.add_argument("--concurrency", type=int, default=1, help="queries in flight")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true")
+    _add_client_options(p)
+    p.set_defaults(func=cmd_evaluate_retrieval)
     return parser
 
 

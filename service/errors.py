@@ -40,6 +40,12 @@ class BodyTooLargeError(ServiceError):
     error_type = "body_too_large"
 
 
+class UnsupportedMediaTypeError(ServiceError):
+    """The request body's content type is not one the route reads."""
+
+    error_type = "unsupported_media_type"
+
+
 class QueueFullError(ServiceError):
     """The batcher's queue is full; the client should retry later."""
 

@@ -1,8 +1,9 @@
 """`create_app(settings)`: builds everything the service needs from plain settings.
 
 The lifespan verifies the bundle (a bad bundle stops the start with a clear error), then
-loads the ONNX session and runs a warm-up batch in the background: `/health` answers at
-once, `/ready` turns 200 when the engine is warm.
+loads the ONNX session and runs a warm-up batch in the background, while the collections
+are opened and their indexes recovered: `/health` answers at once, `/ready` turns 200 when
+the engine is warm and the collections are open.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from service.api import handlers
 from service.api.auth import KeyRing
 from service.api.middleware import RequestMiddleware
 from service.api.responses import ORJSONResponse
-from service.api.routes import embeddings, health, similarity
+from service.api.routes import collections, embeddings, health, similarity
 from service.api.state import AppState
 from service.errors import BundleError
 from service.metrics import Metrics
 from service.runtime.batching import DynamicBatcher
 from service.runtime.bundle import Bundle, load_bundle
+from service.runtime.collections import CollectionLimits, Collections, IndexDefaults
 from service.runtime.encoder import EncoderCore, OnnxEncoder
 from service.runtime.engine import Engine, EngineLimits
 from service.runtime.head import PairHead
+from service.runtime.index import set_threads as set_index_threads
 from service.runtime.whitening import Whitening
 from service.settings import Settings
 
@@ -117,6 +120,49 @@ def _publish_bundle(metrics: Metrics, bundle: Bundle) -> None:
         metrics.anisotropy.labels(stage="whitened").set(m.whitening.anisotropy_after["mean_cosine"])
 
 
+def make_collections(settings: Settings, metrics: Metrics) -> Collections:
+    """The collections under `data_dir/collections`, with the settings' limits and defaults."""
+    return Collections(
+        settings.data_dir / "collections",
+        limits=CollectionLimits(
+            max_collections=settings.max_collections,
+            # A batch larger than the encoder queue could never be queued.
+            batch_documents=min(settings.index_batch_documents, settings.max_queue_texts),
+            max_id_chars=settings.max_document_id_chars,
+            max_text_chars=settings.max_chars_per_text,
+            max_k=settings.max_search_k,
+            filter_oversample=settings.search_filter_oversample,
+            max_candidates=settings.search_max_candidates,
+            snapshot_every=settings.index_snapshot_every,
+            rebuild_dead_fraction=settings.index_rebuild_dead_fraction,
+            ivf_min_documents=settings.ivf_min_documents,
+            ivf_retrain_growth=settings.ivf_retrain_growth,
+            queue_timeout_s=settings.index_queue_timeout_s,
+        ),
+        defaults=IndexDefaults(
+            kind=settings.index_default_kind,
+            hnsw_m=settings.hnsw_m,
+            hnsw_ef_construction=settings.hnsw_ef_construction,
+            hnsw_ef_search=settings.hnsw_ef_search,
+            ivf_nlist=settings.ivf_nlist,
+            ivf_nprobe=settings.ivf_nprobe,
+        ),
+        observer=metrics,
+    )
+
+
+async def _open_collections(state: AppState, colls: Collections) -> None:
+    """Open every collection and recover its index from its snapshot and store."""
+    try:
+        await asyncio.to_thread(colls.open)
+    except Exception as exc:
+        state.load_error = f"collections: {type(exc).__name__}: {exc}"
+        log.exception("collections failed to open")
+        return
+    state.collections = colls
+    log.info("collections open: %s", ", ".join(colls.names()) or "none")
+
+
 async def _start_engine(state: AppState, factory: EngineFactory | None) -> None:
     try:
         if factory is not None:
@@ -164,10 +210,18 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
             state.bundle = await asyncio.to_thread(load_bundle, settings.bundle)
             _publish_bundle(metrics, state.bundle)
         loader = asyncio.create_task(_start_engine(state, engine_factory))
+        set_index_threads(settings.index_threads)
+        colls = make_collections(settings, metrics)
+        opener = asyncio.create_task(_open_collections(state, colls))
         try:
             yield
         finally:
             loader.cancel()
+            await asyncio.wait([opener])
+            if state.collections is not None:
+                # Before the engine stops: in-flight uploads still need it to finish.
+                await state.collections.close()
+                state.collections = None
             if state.engine is not None:
                 await asyncio.to_thread(state.engine.stop)
 
@@ -180,7 +234,7 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
     )
     app.state.simsvc = state
     handlers.install(app)
-    for router in (similarity.router, embeddings.router, health.router):
+    for router in (similarity.router, embeddings.router, collections.router, health.router):
         app.include_router(router)
     if settings.metrics_port is None:  # else `simsvc serve` exposes them on their own port
         app.include_router(health.metrics_router)
@@ -189,6 +243,7 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         keys=KeyRing(settings.api_keys),
+        streams=collections.is_document_stream,
     )
     return app
 

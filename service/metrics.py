@@ -6,6 +6,8 @@ methods, status codes, error types, collection names), never texts or ids.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
@@ -48,11 +50,12 @@ STAGE_BUCKETS = (
 )
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 TOKEN_BUCKETS = (16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+REBUILD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 PROBABILITY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
 class Metrics:
-    """The service's metrics; implements the batcher's and the engine's observer protocols."""
+    """The service's metrics; implements the batcher's, engine's and collections' observers."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -132,6 +135,23 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("simsvc_ready", "1 when the model is loaded and warm.", registry=r)
+        self.index_documents = Gauge(
+            "simsvc_index_documents", "Documents stored per collection.", ["collection"], registry=r
+        )
+        self.search_seconds = Histogram(
+            "simsvc_search_seconds",
+            "Collection search time (index and store, after encoding the query), by index kind.",
+            ["kind"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.index_rebuild_seconds = Histogram(
+            "simsvc_index_rebuild_seconds",
+            "Time to rebuild a collection's index from its stored vectors, by reason.",
+            ["reason"],
+            buckets=REBUILD_BUCKETS,
+            registry=r,
+        )
         self._scored = 0
         self._similar = 0
 
@@ -153,6 +173,20 @@ class Metrics:
         self.tokens.inc(tokens)
         if truncated:
             self.truncated.inc(truncated)
+
+    # CollectionObserver
+    def documents(self, collection: str, count: int) -> None:
+        self.index_documents.labels(collection=collection).set(count)
+
+    def forget(self, collection: str) -> None:
+        with contextlib.suppress(KeyError):
+            self.index_documents.remove(collection)
+
+    def searched(self, kind: str, seconds: float) -> None:
+        self.search_seconds.labels(kind=kind).observe(seconds)
+
+    def rebuilt(self, reason: str, seconds: float) -> None:
+        self.index_rebuild_seconds.labels(reason=reason).observe(seconds)
 
     def pairs_scored(self, probabilities: np.ndarray, similar: np.ndarray) -> None:
         for p in probabilities:

@@ -82,6 +82,55 @@ class Settings(BaseSettings):
     max_queue_texts: int = Field(default=4096, ge=1)
     retry_after_seconds: int = Field(default=1, ge=0)
 
+    # Collections (documents under data_dir/collections).
+    max_documents_per_request: int = Field(
+        default=1000, ge=1, description="documents in one JSON body (413 beyond)"
+    )
+    max_ndjson_line_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="bytes per NDJSON line; an NDJSON stream itself may be of any length",
+    )
+    max_document_id_chars: int = Field(default=256, ge=1)
+    index_batch_documents: int = Field(
+        default=128, ge=1, description="documents per encoder submission while indexing"
+    )
+    index_queue_timeout_s: float = Field(
+        default=30.0, ge=0.0, description="how long indexing waits for room in the encoder queue"
+    )
+    max_collections: int = Field(default=256, ge=1)
+    max_search_k: int = Field(default=1000, ge=1)
+    search_filter_oversample: int = Field(
+        default=10, ge=1, description="a filtered search first fetches k times this"
+    )
+    search_max_candidates: int = Field(
+        default=10_000, ge=1, description="beyond this, a search scans the matching documents"
+    )
+    index_snapshot_every: int = Field(
+        default=10_000, ge=1, description="changes between FAISS snapshots"
+    )
+    index_rebuild_dead_fraction: float = Field(
+        default=0.25, gt=0.0, description="hnsw tombstones per live document that force a rebuild"
+    )
+    index_default_kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    index_threads: int = Field(
+        default=1,
+        ge=0,
+        description="FAISS (OpenMP) threads per search; 0 = all cores. Searches already run "
+        "concurrently, one per request: more threads per query only spin on a busy CPU",
+    )
+    hnsw_m: int = Field(default=32, ge=2)
+    hnsw_ef_construction: int = Field(default=200, ge=1)
+    hnsw_ef_search: int = Field(default=512, ge=1)
+    ivf_nlist: int = Field(default=0, ge=0, description="0: about sqrt(documents)")
+    ivf_nprobe: int = Field(default=48, ge=1)
+    ivf_min_documents: int = Field(
+        default=1000, ge=1, description="an ivf collection is searched exactly until this size"
+    )
+    ivf_retrain_growth: float = Field(
+        default=4.0, gt=1.0, description="retrain ivf lists when the collection grew this much"
+    )
+
     # Pair head decision threshold override (None: the bundle's).
     similar_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 

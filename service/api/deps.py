@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from service.api.state import AppState
 from service.errors import NotReadyError
+from service.runtime.collections import Collections
 from service.runtime.engine import Engine
 
 
@@ -28,3 +29,14 @@ def get_engine(state: StateDep) -> Engine:
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def get_collections(state: StateDep) -> Collections:
+    """The collections, or 503 while they are being opened and recovered."""
+    if state.collections is None:
+        reason = state.load_error or "the collections are being opened"
+        raise NotReadyError(f"not ready: {reason}")
+    return state.collections
+
+
+CollectionsDep = Annotated[Collections, Depends(get_collections)]

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -68,13 +70,18 @@ async def handle_service_error(request: Request, exc: Exception) -> ORJSONRespon
     return error_response(request, status, exc.error_type, exc.message, headers)
 
 
-async def handle_validation_error(request: Request, exc: Exception) -> ORJSONResponse:
-    assert isinstance(exc, RequestValidationError)
+def describe_problems(errors: Sequence[Any]) -> str:
+    """Pydantic's errors as one line: `field.path: message; ...` (the first ten)."""
     problems = []
-    for err in exc.errors()[:10]:
+    for err in errors[:10]:
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
         problems.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else err.get("msg", "invalid"))
-    return error_response(request, 422, "validation", "; ".join(problems) or "invalid request")
+    return "; ".join(problems) or "invalid request"
+
+
+async def handle_validation_error(request: Request, exc: Exception) -> ORJSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(request, 422, "validation", describe_problems(exc.errors()))
 
 
 async def handle_http_error(request: Request, exc: Exception) -> ORJSONResponse:

@@ -6,6 +6,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 
 import orjson
@@ -23,15 +24,25 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestMiddleware:
-    """Tags each request with an id, authenticates it, bounds its body, times and counts it."""
+    """Tags each request with an id, authenticates it, bounds its body, times and counts it.
+
+    `streams` names the requests whose body is a stream of any length, bounded piecewise by
+    their route instead (an NDJSON upload); every other body is bounded by `max_body_bytes`.
+    """
 
     def __init__(
-        self, app: ASGIApp, metrics: Metrics, max_body_bytes: int, keys: KeyRing | None = None
+        self,
+        app: ASGIApp,
+        metrics: Metrics,
+        max_body_bytes: int,
+        keys: KeyRing | None = None,
+        streams: Callable[[Scope], bool] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.keys = keys or KeyRing([])
+        self.streams = streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,7 +54,7 @@ class RequestMiddleware:
         scope["simsvc.request_id"] = request_id
         token = request_id_var.set(request_id)
         status = 500
-        limit = self.max_body
+        limit = None if self.streams is not None and self.streams(scope) else self.max_body
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -59,7 +70,7 @@ class RequestMiddleware:
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
-            if message["type"] == "http.request":
+            if message["type"] == "http.request" and limit is not None:
                 received += len(message.get("body", b""))
                 if received > limit:
                     raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
@@ -81,7 +92,12 @@ class RequestMiddleware:
                         [(b"www-authenticate", b"Bearer")],
                     )
                     return
-            if declared is not None and declared.isdigit() and int(declared) > limit:
+            if (
+                limit is not None
+                and declared is not None
+                and declared.isdigit()
+                and int(declared) > limit
+            ):
                 await self._reject(
                     send_wrapper,
                     413,

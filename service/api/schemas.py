@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -83,3 +83,76 @@ class OpenAIEmbeddingResponse(BaseModel):
     data: list[EmbeddingItem]
     model: str
     usage: Usage
+
+
+# Collections.
+
+Scalar = str | int | float | bool | None
+
+
+class DocumentIn(_Strict):
+    """One document to index; `id` is the upsert key."""
+
+    id: str
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DocumentsRequest(_Strict):
+    """A JSON body of documents (or send the same objects as NDJSON lines)."""
+
+    documents: list[DocumentIn]
+
+
+class IndexedResponse(BaseModel):
+    indexed: int = Field(description="documents written by this request")
+    count: int = Field(description="documents in the collection afterwards")
+
+
+class IndexOptions(_Strict):
+    kind: Literal["flat", "hnsw", "ivf"] | None = Field(
+        default=None, description="default: the current kind, or the service's default"
+    )
+    params: dict[str, int] = Field(
+        default_factory=dict,
+        description="hnsw: m, ef_construction, ef_search; ivf: nlist (0: auto), nprobe",
+    )
+
+
+class CollectionOptions(_Strict):
+    index: IndexOptions = Field(default_factory=IndexOptions)
+    dims: int | None = Field(
+        default=None, ge=1, description="keep the first dims whitened components"
+    )
+
+
+class RefitRequest(_Strict):
+    source: Literal["collection", "bundle", "identity"] = Field(
+        default="collection",
+        description="fit on the collection's documents, go back to the bundle's, or none",
+    )
+
+
+class SearchRequest(_Strict):
+    query: str = Field(min_length=1)
+    k: int = Field(default=10, ge=1)
+    filter: dict[str, Scalar] = Field(
+        default_factory=dict, description="metadata equality on every key"
+    )
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float = Field(description="cosine of the whitened vectors")
+    text: str
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+
+
+class DocumentOut(BaseModel):
+    id: str
+    text: str
+    metadata: dict[str, Any]

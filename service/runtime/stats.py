@@ -1,4 +1,4 @@
-"""Small statistics used by evaluation and metrics: rank correlation and anisotropy.
+"""Small statistics used by evaluation and metrics: rank correlation, anisotropy, retrieval.
 
 Implemented with numpy so the runtime needs no scipy.
 """
@@ -6,7 +6,7 @@ Implemented with numpy so the runtime needs no scipy.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -76,3 +76,19 @@ def anisotropy(x: FloatArray, pairs: int = 10_000, seed: int = 0) -> dict[str, f
     total = float(eig.sum())
     share = float(eig[:top].sum() / total) if total > 0 else 0.0
     return {"mean_cosine": mean_cos, "top10_variance_share": share}
+
+
+def ndcg_at_k(ranked: Sequence[str], relevance: Mapping[str, int], k: int = 10) -> float:
+    """nDCG@k with linear gains (trec_eval's, as BEIR reports it); 0.0 with nothing relevant."""
+    dcg = sum(relevance.get(doc, 0) / np.log2(rank + 2) for rank, doc in enumerate(ranked[:k]))
+    ideal = sorted((g for g in relevance.values() if g > 0), reverse=True)[:k]
+    idcg = sum(g / np.log2(rank + 2) for rank, g in enumerate(ideal))
+    return float(dcg / idcg) if idcg > 0 else 0.0
+
+
+def recall_at_k(ranked: Sequence[str], relevance: Mapping[str, int], k: int = 100) -> float:
+    """Share of the relevant documents found in the first k; 0.0 with nothing relevant."""
+    relevant = {doc for doc, g in relevance.items() if g > 0}
+    if not relevant:
+        return 0.0
+    return len(relevant.intersection(ranked[:k])) / len(relevant)

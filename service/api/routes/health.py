@@ -31,9 +31,9 @@ async def live() -> dict[str, str]:
 
 @router.get("/ready")
 async def ready(state: StateDep) -> ORJSONResponse:
-    """Ready: the bundle is loaded and a warm-up batch ran; 503 until then."""
-    if state.engine is None:
-        reason = state.load_error or "loading"
+    """Ready: the bundle is loaded, a warm-up batch ran and the collections are open."""
+    if not state.ready:
+        reason = state.load_error or ("loading" if state.engine is None else "opening collections")
         return ORJSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
     return ORJSONResponse({"status": "ready"})
 
@@ -86,6 +86,9 @@ async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
             "max_batch_tokens": settings.max_batch_tokens,
             "max_batch_size": settings.max_batch_size,
             "max_queue_texts": settings.max_queue_texts,
+            "max_documents_per_request": settings.max_documents_per_request,
+            "max_ndjson_line_bytes": settings.max_ndjson_line_bytes,
+            "max_search_k": settings.max_search_k,
         },
         "versions": {
             "simsvc": __version__,

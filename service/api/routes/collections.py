@@ -1,0 +1,261 @@
+"""Collections: create and configure, bulk-index documents (JSON or NDJSON), search.
+
+Reads need the read scope, document writes the write scope, and collection-level changes
+(create, reconfigure, delete, refit) the admin scope.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pydantic
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.types import Scope
+
+from service.api.auth import AdminScope, ReadScope, WriteScope
+from service.api.deps import CollectionsDep, EngineDep
+from service.api.handlers import describe_problems
+from service.api.responses import ORJSONResponse
+from service.api.schemas import (
+    CollectionOptions,
+    DocumentIn,
+    DocumentOut,
+    DocumentsRequest,
+    IndexedResponse,
+    RefitRequest,
+    SearchRequest,
+    SearchResponse,
+)
+from service.errors import (
+    BodyTooLargeError,
+    TooManyTextsError,
+    UnsupportedMediaTypeError,
+    ValidationError,
+)
+from service.runtime.docstore import Document
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
+_DOCUMENTS_PATH = re.compile(r"^/v1/collections/[^/]+/documents$")
+
+
+def _inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its `$defs` put in place: in an OpenAPI document, `#/$defs`
+    would point at the document's root."""
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return dict(resolve(schema))
+
+
+_DOCUMENTS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": _inline_schema(DocumentsRequest.model_json_schema())},
+            "application/x-ndjson": {
+                "schema": {
+                    "type": "string",
+                    "description": "one document object per line, of any number of lines",
+                }
+            },
+        },
+    }
+}
+
+
+def _media_type(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
+
+
+def is_document_stream(scope: Scope) -> bool:
+    """An NDJSON upload: exempt from the whole-body limit (each line has its own)."""
+    if scope.get("method") != "POST" or not _DOCUMENTS_PATH.match(scope.get("path", "")):
+        return False
+    content_type = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+    return _media_type(content_type) in NDJSON_TYPES
+
+
+def _document(doc: DocumentIn) -> Document:
+    return Document(doc.id, doc.text, doc.metadata)
+
+
+async def _batches(docs: Sequence[Document], size: int) -> AsyncIterator[Sequence[Document]]:
+    for start in range(0, len(docs), size):
+        yield docs[start : start + size]
+
+
+async def ndjson_batches(
+    chunks: AsyncIterator[bytes], max_line: int, size: int
+) -> AsyncIterator[list[Document]]:
+    """Documents of an NDJSON stream in batches; only one batch and one line in memory."""
+    buffer = bytearray()
+    line_no = 0
+    batch: list[Document] = []
+
+    def parse(line: bytes) -> Document | None:
+        if not line.strip():
+            return None
+        try:
+            return _document(DocumentIn.model_validate_json(line))
+        except pydantic.ValidationError as exc:
+            raise ValidationError(f"line {line_no}: {describe_problems(exc.errors())}") from exc
+
+    def too_long() -> BodyTooLargeError:
+        return BodyTooLargeError(f"NDJSON line {line_no} exceeds the limit of {max_line} bytes")
+
+    async for chunk in chunks:
+        buffer += chunk
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            line_no += 1
+            if end - start > max_line:
+                raise too_long()
+            doc = parse(bytes(buffer[start:end]))
+            start = end + 1
+            if doc is not None:
+                batch.append(doc)
+                if len(batch) >= size:
+                    yield batch
+                    batch = []
+        del buffer[:start]
+        if len(buffer) > max_line:
+            line_no += 1
+            raise too_long()
+    if buffer.strip():
+        line_no += 1
+        doc = parse(bytes(buffer))
+        if doc is not None:
+            batch.append(doc)
+    if batch:
+        yield batch
+
+
+@router.get("", dependencies=[ReadScope])
+async def list_collections(collections: CollectionsDep) -> dict[str, Any]:
+    """Every collection with its count, dims, index and whitening."""
+    return {"collections": [collections.get(n).info() for n in collections.names()]}
+
+
+@router.put("/{name}", dependencies=[AdminScope], status_code=201)
+async def put_collection(
+    name: str,
+    collections: CollectionsDep,
+    engine: EngineDep,
+    body: CollectionOptions | None = None,
+) -> ORJSONResponse:
+    """Create a collection (201), or change its index kind, parameters or dims (200, a rebuild
+    from the stored vectors)."""
+    options = body or CollectionOptions()
+    info, created = await collections.configure(
+        name, engine, options.index.kind, options.index.params, options.dims
+    )
+    return ORJSONResponse(info, status_code=201 if created else 200)
+
+
+@router.get("/{name}", dependencies=[ReadScope])
+async def get_collection(name: str, collections: CollectionsDep) -> dict[str, Any]:
+    """Count, dims, index kind and parameters, whitening version, model."""
+    return collections.get(name).info()
+
+
+@router.delete("/{name}", dependencies=[AdminScope])
+async def delete_collection(name: str, collections: CollectionsDep) -> dict[str, str]:
+    """Delete a collection with all its documents."""
+    await collections.drop(name)
+    return {"deleted": name}
+
+
+@router.post(
+    "/{name}/documents",
+    dependencies=[WriteScope],
+    response_model=IndexedResponse,
+    openapi_extra=_DOCUMENTS_BODY,
+)
+async def add_documents(
+    name: str, request: Request, collections: CollectionsDep, engine: EngineDep
+) -> dict[str, int]:
+    """Upsert documents by id (JSON body or NDJSON stream); answers once they are durable.
+
+    The request is all or nothing. The collection is created on first write.
+    """
+    settings = request.app.state.simsvc.settings
+    size = collections.limits.batch_documents
+    media_type = _media_type(request.headers.get("content-type", "application/json"))
+    batches: AsyncIterator[Sequence[Document]]
+    if media_type in NDJSON_TYPES:
+        batches = ndjson_batches(request.stream(), settings.max_ndjson_line_bytes, size)
+    elif media_type == "application/json":
+        try:
+            body = DocumentsRequest.model_validate_json(await request.body())
+        except pydantic.ValidationError as exc:
+            raise RequestValidationError(exc.errors()) from exc
+        if len(body.documents) > settings.max_documents_per_request:
+            raise TooManyTextsError(
+                f"{len(body.documents)} documents in one request; the limit is "
+                f"{settings.max_documents_per_request} (stream more as NDJSON)"
+            )
+        batches = _batches([_document(d) for d in body.documents], size)
+    else:
+        raise UnsupportedMediaTypeError(
+            f"content type {media_type!r}: send application/json or application/x-ndjson"
+        )
+    indexed, count = await collections.upsert(name, engine, batches)
+    return {"indexed": indexed, "count": count}
+
+
+@router.get("/{name}/documents/{doc_id:path}", dependencies=[ReadScope], response_model=DocumentOut)
+async def get_document(name: str, doc_id: str, collections: CollectionsDep) -> dict[str, Any]:
+    """One document: id, text and metadata."""
+    doc = await collections.get_document(name, doc_id)
+    return {"id": doc.id, "text": doc.text, "metadata": doc.metadata}
+
+
+@router.delete("/{name}/documents/{doc_id:path}", dependencies=[WriteScope])
+async def delete_document(name: str, doc_id: str, collections: CollectionsDep) -> dict[str, Any]:
+    """Delete one document; answers once the deletion is durable."""
+    count = await collections.delete_document(name, doc_id)
+    return {"deleted": doc_id, "count": count}
+
+
+@router.post("/{name}/search", dependencies=[ReadScope], response_model=SearchResponse)
+async def search(
+    name: str, body: SearchRequest, collections: CollectionsDep, engine: EngineDep
+) -> ORJSONResponse:
+    """The k documents nearest in meaning to the query whose metadata match the filter."""
+    hits = await collections.search(name, engine, body.query, body.k, body.filter or None)
+    return ORJSONResponse(
+        {
+            "results": [
+                {
+                    "id": h.document.id,
+                    "score": h.score,
+                    "text": h.document.text,
+                    "metadata": h.document.metadata,
+                }
+                for h in hits
+            ]
+        }
+    )
+
+
+@router.post("/{name}/whitening:refit", dependencies=[AdminScope])
+async def refit_whitening(
+    name: str, collections: CollectionsDep, body: RefitRequest | None = None
+) -> dict[str, Any]:
+    """Fit the whitening on the collection's own documents and rebuild its index from the
+    stored vectors; searches keep working meanwhile, then switch atomically."""
+    source = (body or RefitRequest()).source
+    return await collections.refit(name, source)

@@ -1,0 +1,313 @@
+"""The client side of collections, over HTTP: resumable bulk indexing, search, evaluation.
+
+Used by `simsvc index`, `simsvc search` and `simsvc evaluate-retrieval`. Bulk indexing sends
+a JSONL file as NDJSON requests of a few hundred lines; after each acknowledged request it
+records how many lines are done, with a hash of them, in a small state file, so an
+interrupted run resumes where it stopped (and starts over if the done lines changed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import orjson
+
+from service.runtime.stats import ndcg_at_k, recall_at_k
+
+RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
+
+
+class ClientError(Exception):
+    """A request the service refused, or a service that could not be reached."""
+
+
+class ServiceClient:
+    """A small HTTP client: bearer key, JSON errors as `ClientError`, retries on overload."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        retries: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+        self._retries = retries
+        self._sleep = sleep
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ServiceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The decoded JSON answer; retries 429/503 (honouring Retry-After) and lost connections.
+
+        A retried write is safe: documents are upserted by id.
+        """
+        for attempt in range(self._retries + 1):
+            last = attempt == self._retries
+            try:
+                resp = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if last:
+                    raise ClientError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                self._sleep(min(2.0**attempt, 30.0))
+                continue
+            if resp.status_code in RETRY_STATUSES and not last:
+                retry_after = resp.headers.get("retry-after", "")
+                self._sleep(
+                    float(retry_after) if retry_after.isdigit() else min(2.0**attempt, 30.0)
+                )
+                continue
+            if resp.status_code >= 400:
+                try:
+                    detail = resp.json().get("error", resp.text)
+                except ValueError:
+                    detail = resp.text
+                raise ClientError(f"{method} {path}: {resp.status_code}: {detail}")
+            return resp.json()
+        raise AssertionError("unreachable")
+
+
+def to_document(obj: Any) -> dict[str, Any]:
+    """A service document from a JSONL object: `{"id", "text", "metadata"}` as it is, or a
+    BEIR corpus line (`_id`, `title`, `text`) with the title put before the text."""
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    if "id" not in obj and "_id" in obj:
+        title = str(obj.get("title") or "").strip()
+        text = " ".join(p for p in (title, str(obj.get("text") or "").strip()) if p)
+        metadata = {**(obj.get("metadata") or {}), **({"title": title} if title else {})}
+        return {"id": str(obj["_id"]), "text": text, "metadata": metadata}
+    return obj
+
+
+@dataclass
+class IndexReport:
+    lines: int
+    skipped: int
+    indexed: int
+    count: int
+    seconds: float
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as fh:
+        n = 0
+        last = b"\n"
+        while block := fh.read(1 << 20):
+            n += block.count(b"\n")
+            last = block[-1:]
+        return n + (last != b"\n")
+
+
+def default_state_path(path: Path, collection: str) -> Path:
+    return path.with_name(f"{path.name}.{collection}.simsvc-index")
+
+
+def _read_state(state_path: Path, collection: str) -> tuple[int, str]:
+    try:
+        state = orjson.loads(state_path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return 0, ""
+    if state.get("collection") != collection:
+        return 0, ""
+    return int(state.get("lines", 0)), str(state.get("sha256", ""))
+
+
+def _write_state(state_path: Path, collection: str, lines: int, digest: str) -> None:
+    tmp = state_path.with_name(state_path.name + ".tmp")
+    tmp.write_bytes(orjson.dumps({"collection": collection, "lines": lines, "sha256": digest}))
+    os.replace(tmp, state_path)
+
+
+def index_file(
+    client: ServiceClient,
+    path: Path,
+    collection: str,
+    *,
+    batch: int = 256,
+    state_path: Path | None = None,
+    progress: IO[str] | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> IndexReport:
+    """Send a JSONL file to a collection in NDJSON batches, resuming from the state file."""
+    from tqdm import tqdm
+
+    state_path = state_path or default_state_path(path, collection)
+    total = count_lines(path)
+    done, digest = _read_state(state_path, collection)
+    try:  # before anything is sent: a run that cannot record progress could not resume
+        _write_state(state_path, collection, done, digest)
+    except OSError as exc:
+        raise ClientError(
+            f"cannot write the progress file {state_path} ({exc}): pass --state"
+        ) from exc
+    started = time.perf_counter()
+    indexed = count = 0
+    hasher = hashlib.sha256()
+    with open(path, "rb") as fh, tqdm(
+        total=total, unit="doc", desc=f"indexing {collection}", file=progress,
+        disable=progress is None, dynamic_ncols=True,
+    ) as bar:  # fmt: skip
+        lines = iter(fh)
+        skipped = 0
+        if done:
+            for raw in lines:
+                hasher.update(raw)
+                skipped += 1
+                if skipped == done:
+                    break
+            if skipped != done or hasher.hexdigest() != digest:
+                say(f"{path} changed since {state_path} was written: starting over")
+                fh.seek(0)
+                lines, skipped, hasher = iter(fh), 0, hashlib.sha256()
+            else:
+                say(f"resuming after {done} lines acknowledged earlier ({state_path})")
+        bar.update(skipped)
+        line_no = skipped
+        for chunk, raw_lines in _batches(lines, batch, line_no):
+            body = b"".join(orjson.dumps(doc) + b"\n" for doc in chunk)
+            first, line_no = line_no + 1, line_no + len(raw_lines)
+            if chunk:
+                try:
+                    answer = client.request(
+                        "POST",
+                        f"/v1/collections/{collection}/documents",
+                        content=body,
+                        headers={"content-type": "application/x-ndjson"},
+                    )
+                except ClientError as exc:
+                    raise ClientError(f"lines {first}-{line_no}: {exc}") from exc
+                indexed += int(answer["indexed"])
+                count = int(answer["count"])
+            for raw in raw_lines:
+                hasher.update(raw)
+            _write_state(state_path, collection, line_no, hasher.hexdigest())
+            bar.update(len(raw_lines))
+    state_path.unlink(missing_ok=True)  # finished: a new run starts from the top
+    return IndexReport(total, skipped, indexed, count, time.perf_counter() - started)
+
+
+def _batches(
+    lines: Iterator[bytes], size: int, line_no: int
+) -> Iterator[tuple[list[dict[str, Any]], list[bytes]]]:
+    """Documents and their raw lines, `size` documents at a time; a repeated id starts a new
+    batch, so later lines win as they would one by one."""
+    docs: list[dict[str, Any]] = []
+    raw_lines: list[bytes] = []
+    ids: set[str] = set()
+    for raw in lines:
+        line_no += 1
+        if raw.strip():
+            try:
+                doc = to_document(orjson.loads(raw))
+            except (orjson.JSONDecodeError, ValueError) as exc:
+                raise ClientError(f"line {line_no}: {exc}") from exc
+            doc_id = str(doc.get("id"))
+            if doc_id in ids:
+                yield docs, raw_lines
+                docs, raw_lines, ids = [], [], set()
+            docs.append(doc)
+            ids.add(doc_id)
+        raw_lines.append(raw)
+        if len(docs) >= size:
+            yield docs, raw_lines
+            docs, raw_lines, ids = [], [], set()
+    if raw_lines:
+        yield docs, raw_lines
+
+
+def search(
+    client: ServiceClient,
+    collection: str,
+    query: str,
+    k: int = 10,
+    where: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    body = {"query": query, "k": k, "filter": dict(where or {})}
+    answer = client.request("POST", f"/v1/collections/{collection}/search", json=body)
+    return list(answer["results"])
+
+
+def read_beir_queries(path: Path) -> dict[str, str]:
+    """BEIR queries.jsonl: `{"_id", "text"}` per line."""
+    out: dict[str, str] = {}
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.strip():
+                obj = orjson.loads(line)
+                out[str(obj["_id"])] = str(obj["text"])
+    return out
+
+
+def read_beir_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """BEIR qrels TSV: a header, then `query-id<TAB>corpus-id<TAB>score`."""
+    out: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh):
+            parts = line.rstrip("\n").split("\t")
+            if n == 0 and not parts[-1].lstrip("-").isdigit():
+                continue  # the header
+            if len(parts) >= 3:
+                out.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    return out
+
+
+def evaluate_retrieval(
+    client: ServiceClient,
+    collection: str,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    ndcg_k: int = 10,
+    recall_k: int = 100,
+    concurrency: int = 1,
+    progress: IO[str] | None = None,
+) -> dict[str, Any]:
+    """nDCG@ndcg_k and recall@recall_k over the judged queries, and end-to-end queries/s."""
+    from tqdm import tqdm
+
+    judged = [q for q in sorted(qrels) if q in queries and any(g > 0 for g in qrels[q].values())]
+    if not judged:
+        raise ClientError("no query in the queries file has a relevant document in the qrels")
+    k = max(ndcg_k, recall_k)
+
+    def run(qid: str) -> list[str]:
+        return [hit["id"] for hit in search(client, collection, queries[qid], k)]
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool, tqdm(
+        total=len(judged), unit="query", desc="searching", file=progress,
+        disable=progress is None,
+    ) as bar:  # fmt: skip
+        ranked: list[Sequence[str]] = []
+        for result in pool.map(run, judged):
+            ranked.append(result)
+            bar.update(1)
+    seconds = time.perf_counter() - started
+    ndcg = [ndcg_at_k(r, qrels[q], ndcg_k) for q, r in zip(judged, ranked, strict=True)]
+    recall = [recall_at_k(r, qrels[q], recall_k) for q, r in zip(judged, ranked, strict=True)]
+    return {
+        "collection": collection,
+        "queries": len(judged),
+        f"ndcg@{ndcg_k}": round(sum(ndcg) / len(ndcg), 4),
+        f"recall@{recall_k}": round(sum(recall) / len(recall), 4),
+        "queries_per_second": round(len(judged) / seconds, 1),
+        "concurrency": concurrency,
+    }
