@@ -166,13 +166,19 @@ def test_dashboard_covers_what_operators_need() -> None:
 
 
 @pytest.fixture
-def exported(make_client: Callable[..., TestClient], tiny_bundle: Path) -> set[str]:
-    """Sample names on /metrics of a real bundle after some traffic."""
+def exported(make_client: Callable[..., TestClient], tiny_bundle: Path, tmp_path: Path) -> set[str]:
+    """Sample names on /metrics of a real bundle after some traffic, collections included."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    client = make_client(Settings(bundle=tiny_bundle, threads=1, max_texts_per_request=8))
+    client = make_client(
+        Settings(bundle=tiny_bundle, threads=1, max_texts_per_request=8, data_dir=tmp_path)
+    )
     client.post("/v1/similarity", json={"pairs": [{"a": "x", "b": "y"}]})
     client.post("/embed", json={"inputs": ["t"] * 99})
+    docs = [{"id": str(i), "text": f"the dog runs {i}"} for i in range(5)]
+    assert client.post("/v1/collections/c/documents", json={"documents": docs}).status_code == 200
+    assert client.post("/v1/collections/c/search", json={"query": "dog", "k": 2}).status_code == 200
+    assert client.put("/v1/collections/c", json={"index": {"kind": "hnsw"}}).status_code == 200
     text = client.get("/metrics").text
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 
