@@ -80,10 +80,10 @@ def sentence_transformers(checkpoint: Path, threads: int, batch: int) -> Encode:
 
     torch.set_num_threads(threads)
     word = Transformer(
-        str(checkpoint), max_seq_length=MAX_LENGTH, model_args={"dtype": torch.float32}
+        str(checkpoint), max_seq_length=MAX_LENGTH, model_kwargs={"dtype": torch.float32}
     )
     model = SentenceTransformer(
-        modules=[word, Pooling(word.get_word_embedding_dimension(), "mean")],
+        modules=[word, Pooling(word.get_embedding_dimension(), "mean")],
         device="cpu",
     )
     model.eval()
@@ -107,7 +107,7 @@ def infinity_peer(
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     if not (model_dir / "model.onnx").is_file():
         cli = str(Path(python).with_name("optimum-cli"))
-        subprocess.run(
+        export = subprocess.run(
             [
                 cli,
                 "export",
@@ -118,10 +118,13 @@ def infinity_peer(
                 "feature-extraction",
                 str(model_dir),
             ],
-            check=True,
             env=env,
             capture_output=True,
+            text=True,
         )
+        if export.returncode != 0:
+            print(f"  infinity-emb: optimum export failed: {export.stderr[-500:]}", flush=True)
+            return None
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(texts, fh)
     try:

@@ -3,7 +3,7 @@
     python bench/memory.py --requests 100000
     python bench/memory.py --requests 100000 --no-arena
 
-Mixed traffic: /v1/embeddings with 1-8 texts of 1-200 words and /v1/similarity pairs.
+Mixed traffic: /v1/embeddings with 1-2 texts of 1-100 words and /v1/similarity pairs.
 RSS of the server process is sampled every --every requests; the growth is measured from
 the first sample after warm-up (10 % of the requests) to the end.
 """
@@ -33,8 +33,8 @@ def bodies(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
     for _ in range(n):
         if rng.random() < 0.7:
             texts = [
-                " ".join(rng.choices(words, k=rng.randint(1, 200)))
-                for _ in range(rng.randint(1, 8))
+                " ".join(rng.choices(words, k=rng.randint(1, 100)))
+                for _ in range(rng.randint(1, 2))
             ]
             out.append(("/v1/embeddings", json.dumps({"input": texts}).encode()))
         else:

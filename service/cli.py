@@ -48,6 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         model=args.model,
         threads=args.threads,
+        encoder_workers=args.workers,
     )
     _configure_logging(settings.log_level, settings.log_json)
     if settings.bundle is None:
@@ -271,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--threads", type=int)
+    p.add_argument("--workers", type=int, help="encoder batcher threads (SIMSVC_ENCODER_WORKERS)")
     p.add_argument("--metrics-port", type=int, help="serve /metrics on its own port")
     p.set_defaults(func=cmd_serve)
 

@@ -58,6 +58,7 @@ def make_engine(
         max_wait_s=settings.batch_wait_ms / 1000.0,
         retry_after=settings.retry_after_seconds,
         observer=metrics,
+        workers=settings.encoder_workers,
     )
     return Engine(
         core,

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     threads: int = Field(
         default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = all cores"
     )
+    encoder_workers: int = Field(
+        default=1,
+        ge=1,
+        description="batcher threads running the encoder side by side; with workers > 1 set "
+        "threads so that threads * workers is about the core count (see BENCHMARKS.md)",
+    )
     warmup: bool = True
     onnx_spin: bool = Field(default=True, description="let ONNX Runtime threads spin between runs")
     onnx_cpu_arena: bool = Field(

@@ -9,7 +9,7 @@ every configured key and never logged: logs and request state carry the key's na
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from fastapi import Depends, Request
 
@@ -50,10 +50,10 @@ class KeyRing:
         return match
 
 
-def require(scope: Scope) -> Callable[[Request], None]:
-    """A dependency that admits requests whose key has `scope`."""
+def require(scope: Scope) -> Callable[[Request], Awaitable[None]]:
+    """A dependency that admits requests whose key has `scope` (async: no thread hop)."""
 
-    def check(request: Request) -> None:
+    async def check(request: Request) -> None:
         scopes: frozenset[str] = request.scope.get("simsvc.scopes", ALL_SCOPES)
         if scope not in scopes:
             name = request.scope.get("simsvc.key_name", "?")

@@ -1,4 +1,8 @@
-"""FastAPI dependencies, as `Annotated` aliases the routes declare."""
+"""FastAPI dependencies, as `Annotated` aliases the routes declare.
+
+All are `async def`: FastAPI runs a plain `def` dependency in a worker thread, a hop that
+costs more than these lookups themselves on every request.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from service.runtime.collections import Collections
 from service.runtime.engine import Engine
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     """The app's state object."""
     return cast(AppState, request.app.state.simsvc)
 
@@ -20,7 +24,7 @@ def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-def get_engine(state: StateDep) -> Engine:
+async def get_engine(state: StateDep) -> Engine:
     """The engine, or 503 while the model is loading."""
     if state.engine is None:
         reason = state.load_error or "the model is loading and warming up"
@@ -31,7 +35,7 @@ def get_engine(state: StateDep) -> Engine:
 EngineDep = Annotated[Engine, Depends(get_engine)]
 
 
-def get_collections(state: StateDep) -> Collections:
+async def get_collections(state: StateDep) -> Collections:
     """The collections, or 503 while they are being opened and recovered."""
     if state.collections is None:
         reason = state.load_error or "the collections are being opened"

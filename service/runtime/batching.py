@@ -1,9 +1,14 @@
 """Dynamic batching: texts from many requests share encoder batches.
 
-A bounded queue (full -> `QueueFullError`, answered 429), one worker thread that owns the
-ONNX session, length-sorted token-budget batches (`plan_batches`), and an optional bounded
-wait for more work. With `max_wait_s = 0` the worker batches whatever queued while it was
-busy (continuous batching), so a lone request waits for nothing.
+A bounded queue (full -> `QueueFullError`, answered 429), worker threads that run the ONNX
+session, length-sorted batches planned to waste the least work (`plan_batches`), and an
+optional bounded wait for more work. With `max_wait_s = 0` a worker batches whatever queued
+while it was busy (continuous batching), so a lone request waits for nothing.
+
+Several workers each take a share of the queue and run their batches side by side (one
+session serves concurrent runs); with single-threaded sessions this spreads batches over the
+cores instead of splitting each batch across them, which holds up better when the event
+loop competes for the same cores.
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ class DynamicBatcher:
         max_wait_s: float = 0.0,
         retry_after: int = 1,
         observer: BatchObserver | None = None,
+        workers: int = 1,
     ) -> None:
         self._infer = infer
         self._max_tokens = max_batch_tokens
@@ -101,7 +107,9 @@ class DynamicBatcher:
         self._depth = 0  # texts accepted and not yet answered
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._workers = max(1, workers)
+        self._threads: list[threading.Thread] = []
+        self._results_lock = threading.Lock()
 
     @property
     def depth(self) -> int:
@@ -109,19 +117,23 @@ class DynamicBatcher:
         return self._depth
 
     def start(self) -> None:
-        """Start the worker thread (idempotent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="simsvc-batcher", daemon=True)
-            self._thread.start()
+        """Start the worker threads (idempotent)."""
+        if not self._threads:
+            self._threads = [
+                threading.Thread(target=self._run, name=f"simsvc-batcher-{i}", daemon=True)
+                for i in range(self._workers)
+            ]
+            for thread in self._threads:
+                thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish queued work, then stop the worker."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
 
     def submit_nowait(self, items: Sequence[Tokenized]) -> concurrent.futures.Future[BatchResult]:
         """Queue items; the future yields their pooled vectors in order."""
@@ -154,7 +166,8 @@ class DynamicBatcher:
         return await asyncio.wrap_future(self.submit_nowait(items))
 
     def _take_window(self) -> list[_Entry]:
-        """Wait for work, then take a FIFO window of about four batches' worth of tokens."""
+        """Wait for work, then take a FIFO window: this worker's share of the queue, at most
+        about four batches' worth of tokens."""
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait()
@@ -170,7 +183,12 @@ class DynamicBatcher:
             window: list[_Entry] = []
             tokens = 0
             budget = 4 * self._max_tokens
-            while self._queue and (not window or tokens + len(self._queue[0].item) <= budget):
+            share = -(-len(self._queue) // self._workers)  # ceil: leave the rest to the others
+            while (
+                self._queue
+                and len(window) < share
+                and (not window or tokens + len(self._queue[0].item) <= budget)
+            ):
                 entry = self._queue.popleft()
                 tokens += len(entry.item)
                 window.append(entry)
@@ -198,37 +216,40 @@ class DynamicBatcher:
     def _run_batch(self, batch: list[_Entry]) -> None:
         started = time.perf_counter()
         jobs = list({id(e.job): e.job for e in batch}.values())
-        for job in jobs:
-            if job.started is None:
-                job.started = started
+        with self._results_lock:  # a job's texts may be spread over several workers
+            for job in jobs:
+                if job.started is None:
+                    job.started = started
         try:
             out = self._infer([e.item for e in batch])
         except Exception as exc:  # noqa: BLE001 - delivered to every waiting request
             self._finish(batch)
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+            with self._results_lock:
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
             return
         seconds = time.perf_counter() - started
         longest = max(len(e.item) for e in batch)
         self._observer.batch(len(batch), longest * len(batch), seconds)
         done: list[_Job] = []
-        for i, entry in enumerate(batch):
-            job = entry.job
-            if job.future.done():  # cancelled or failed meanwhile
-                continue
-            if not job.results:
-                job.results = {
-                    name: np.empty((job.size, arr.shape[1]), dtype=np.float32)
-                    for name, arr in out.items()
-                }
-            for name, arr in out.items():
-                job.results[name][entry.row] = arr[i]
-            job.remaining -= 1
-            if job.remaining == 0:
-                done.append(job)
-        for job in jobs:
-            job.inference_seconds += seconds
+        with self._results_lock:
+            for i, entry in enumerate(batch):
+                job = entry.job
+                if job.future.done():  # cancelled or failed meanwhile
+                    continue
+                if not job.results:
+                    job.results = {
+                        name: np.empty((job.size, arr.shape[1]), dtype=np.float32)
+                        for name, arr in out.items()
+                    }
+                for name, arr in out.items():
+                    job.results[name][entry.row] = arr[i]
+                job.remaining -= 1
+                if job.remaining == 0:
+                    done.append(job)
+            for job in jobs:
+                job.inference_seconds += seconds
         self._finish(batch)
         for job in done:
             queue_seconds = (job.started or started) - job.enqueued

@@ -49,24 +49,45 @@ class EncoderCore(Protocol):
         ...
 
 
-def plan_batches(lengths: Sequence[int], max_tokens: int, max_size: int) -> list[list[int]]:
-    """Group item indices into batches sorted by length.
+BATCH_OVERHEAD_TOKENS = 16
+"""What one more session run costs, in padded tokens (measured on CPU: ~1.5 ms of fixed cost
+per run against ~0.12 ms per token for a 6x384 BERT)."""
 
-    Each batch pads to its longest item, and `longest * count <= max_tokens` (a single item
-    longer than the budget still gets a batch of its own), with at most `max_size` items.
-    Sorting by length keeps padding small.
+
+def plan_batches(
+    lengths: Sequence[int],
+    max_tokens: int,
+    max_size: int,
+    overhead_tokens: int = BATCH_OVERHEAD_TOKENS,
+) -> list[list[int]]:
+    """Group item indices into batches that waste the least work.
+
+    Items are sorted by length; each batch pads to its longest item, costs
+    `longest * count + overhead_tokens`, and holds at most `max_size` items and
+    `longest * count <= max_tokens` padded tokens (an item longer than the budget still gets a
+    batch of its own). On sorted items the cheapest split into contiguous groups is found
+    exactly by dynamic programming: mixing a long text into a batch of short ones can cost
+    more than a run of its own, and a batch of one costs more than joining a neighbour.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    n = len(sizes)
+    best = [0] + [float("inf")] * n  # best[j]: cheapest plan for the first j items
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = sizes[j - 1]  # sorted: the last item of a group is its longest
+        for count in range(1, min(max_size, j) + 1):
+            if count > 1 and longest * count > max_tokens:
+                break
+            cost = best[j - count] + longest * count + overhead_tokens
+            if cost < best[j]:
+                best[j], cut[j] = cost, j - count
     batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[i]  # ascending: the newest item is the longest
-        if current and (len(current) >= max_size or longest * (len(current) + 1) > max_tokens):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
+    j = n
+    while j > 0:
+        batches.append(order[cut[j] : j])
+        j = cut[j]
+    batches.reverse()
     return batches
 
 

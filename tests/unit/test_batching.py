@@ -35,6 +35,16 @@ def test_plan_batches_gives_an_oversized_item_its_own_batch() -> None:
     assert plan_batches([5, 5000, 5], max_tokens=100, max_size=8) == [[0, 2], [1]]
 
 
+def test_plan_batches_keeps_a_long_text_out_of_a_batch_of_short_ones() -> None:
+    # Padding eight 4-token texts to 100 tokens costs more than a run of its own.
+    assert plan_batches([4] * 8 + [100], max_tokens=4096, max_size=64) == [
+        list(range(8)),
+        [8],
+    ]
+    # Equal short texts join one batch: another run costs more than its padding.
+    assert len(plan_batches([10, 11, 12, 13], max_tokens=4096, max_size=64)) == 1
+
+
 def _batcher(core: FakeEncoder, **kw: int | float) -> DynamicBatcher:
     args: dict[str, int | float] = {
         "max_batch_tokens": 4096,
@@ -65,6 +75,44 @@ def test_concurrent_requests_share_batches_and_keep_their_order() -> None:
         for name in core.outputs:
             assert np.allclose(got[name], expected[name])
     assert max(core.batches) > 5, "requests arriving together should be batched together"
+
+
+def test_several_workers_run_side_by_side_and_keep_each_requests_order() -> None:
+    core = FakeEncoder()
+    running = 0
+    overlap = 0
+    lock = threading.Lock()
+
+    def infer(batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
+        nonlocal running, overlap
+        with lock:
+            running += 1
+            overlap = max(overlap, running)
+        time.sleep(0.02)
+        with lock:
+            running -= 1
+        return core.infer(batch)
+
+    batcher = DynamicBatcher(
+        infer, max_batch_tokens=64, max_batch_size=4, max_queue=10_000, workers=2
+    )
+    batcher.start()
+    texts = [[f"request {r} text {i} " + "word " * (i % 5) for i in range(9)] for r in range(12)]
+
+    async def main() -> list[dict[str, FloatArray]]:
+        results = await asyncio.gather(*(batcher.submit(core.tokenize(t)) for t in texts))
+        return [r.vectors for r in results]
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        batcher.stop()
+    for t, got in zip(texts, results, strict=True):
+        expected = core.infer(core.tokenize(t))
+        for name in core.outputs:
+            assert np.allclose(got[name], expected[name])
+    assert overlap == 2, "two workers should run batches at the same time"
+    assert batcher.depth == 0
 
 
 def test_full_queue_is_refused_and_depth_recovers() -> None:
