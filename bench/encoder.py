@@ -106,16 +106,12 @@ def infinity_peer(
     model_dir = OUT / "infinity" / name
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
     if not (model_dir / "model.onnx").is_file():
-        cli = str(Path(python).with_name("optimum-cli"))
         export = subprocess.run(
             [
-                cli,
-                "export",
-                "onnx",
-                "--model",
+                python,
+                str(Path(__file__).with_name("peer_infinity.py")),
+                "--export",
                 str(checkpoint),
-                "--task",
-                "feature-extraction",
                 str(model_dir),
             ],
             env=env,
