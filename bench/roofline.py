@@ -19,6 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
+    bar_plot,
     bundle,
     machine,
     median,
@@ -134,6 +135,13 @@ def main() -> None:
     )
     print(table(["model", "graph", "batch x tokens", "ms", "GFLOP/s", "of fp32 peak"], rows))
     save_json("roofline", record)
+    shapes = sorted({str(r[2]) for r in rows})
+    pairs = dict.fromkeys((str(r[0]).split(" (")[0], r[1]) for r in rows)
+    groups = [f"{name} {graph}" for name, graph in pairs]
+    series = {"fp32 MatMul peak": [peak] * len(groups)}
+    for shape in shapes:
+        series[shape] = [float(r[4]) for r in rows if r[2] == shape]  # type: ignore[arg-type]
+    bar_plot("roofline", "Achieved GFLOP/s against the fp32 GEMM peak", groups, series, "GFLOP/s")
 
 
 if __name__ == "__main__":
