@@ -57,10 +57,11 @@ def _batcher(core: FakeEncoder, **kw: int | float) -> DynamicBatcher:
     return b
 
 
-def test_concurrent_requests_share_batches_and_keep_their_order() -> None:
-    core = FakeEncoder(delay=0.02)
-    batcher = _batcher(core)
-    texts = [[f"request {r} text {i} " + "word " * (i % 7) for i in range(5)] for r in range(20)]
+def _submit_together_and_check(
+    batcher: DynamicBatcher, core: FakeEncoder, texts: list[list[str]]
+) -> None:
+    """Submit every request at once, stop the batcher, and check each got its own vectors
+    in its own order."""
 
     async def main() -> list[dict[str, FloatArray]]:
         results = await asyncio.gather(*(batcher.submit(core.tokenize(t)) for t in texts))
@@ -74,6 +75,13 @@ def test_concurrent_requests_share_batches_and_keep_their_order() -> None:
         expected = core.infer(core.tokenize(t))
         for name in core.outputs:
             assert np.allclose(got[name], expected[name])
+
+
+def test_concurrent_requests_share_batches_and_keep_their_order() -> None:
+    core = FakeEncoder(delay=0.02)
+    batcher = _batcher(core)
+    texts = [[f"request {r} text {i} " + "word " * (i % 7) for i in range(5)] for r in range(20)]
+    _submit_together_and_check(batcher, core, texts)
     assert max(core.batches) > 5, "requests arriving together should be batched together"
 
 
@@ -98,19 +106,7 @@ def test_several_workers_run_side_by_side_and_keep_each_requests_order() -> None
     )
     batcher.start()
     texts = [[f"request {r} text {i} " + "word " * (i % 5) for i in range(9)] for r in range(12)]
-
-    async def main() -> list[dict[str, FloatArray]]:
-        results = await asyncio.gather(*(batcher.submit(core.tokenize(t)) for t in texts))
-        return [r.vectors for r in results]
-
-    try:
-        results = asyncio.run(main())
-    finally:
-        batcher.stop()
-    for t, got in zip(texts, results, strict=True):
-        expected = core.infer(core.tokenize(t))
-        for name in core.outputs:
-            assert np.allclose(got[name], expected[name])
+    _submit_together_and_check(batcher, core, texts)
     assert overlap == 2, "two workers should run batches at the same time"
     assert batcher.depth == 0
 
