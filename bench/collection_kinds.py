@@ -26,10 +26,11 @@ from service.client import read_beir_qrels, read_beir_queries
 from service.main import make_collections
 from service.metrics import Metrics
 from service.runtime.bundle import load_bundle
-from service.runtime.collections import Collection
 from service.runtime.encoder import OnnxEncoder, encode_texts
 from service.runtime.index import INDEX_KINDS, IndexSpec, set_threads
 from service.runtime.stats import ndcg_at_k
+from service.runtime.store.local import LocalStore
+from service.runtime.store.local_collection import LocalCollection
 from service.settings import Settings
 
 
@@ -46,8 +47,9 @@ def main() -> int:
     settings = Settings(data_dir=args.data_dir)
     set_threads(settings.index_threads)  # as the service does
     colls = make_collections(settings, Metrics())
-    path = colls.root / args.collection
-    coll = Collection.open(path, colls.limits, Metrics())
+    store = colls.store
+    assert isinstance(store, LocalStore), "this bench reads the local store's files"
+    coll = LocalCollection.open(store.root / args.collection, store.options, Metrics())
     current = coll.view
     assert current is not None
     print(

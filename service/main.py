@@ -31,6 +31,8 @@ from service.runtime.encoder import EncoderCore, OnnxEncoder
 from service.runtime.engine import Engine, EngineLimits
 from service.runtime.head import PairHead
 from service.runtime.index import set_threads as set_index_threads
+from service.runtime.store.local import LocalStore
+from service.runtime.store.local_collection import LocalOptions
 from service.runtime.whitening import Whitening
 from service.settings import Settings
 
@@ -122,9 +124,22 @@ def _publish_bundle(metrics: Metrics, bundle: Bundle) -> None:
 
 
 def make_collections(settings: Settings, metrics: Metrics) -> Collections:
-    """The collections under `data_dir/collections`, with the settings' limits and defaults."""
-    return Collections(
+    """The collections in the settings' store, with the settings' limits and defaults."""
+    store = LocalStore(
         settings.data_dir / "collections",
+        LocalOptions(
+            filter_oversample=settings.search_filter_oversample,
+            max_candidates=settings.search_max_candidates,
+            snapshot_every=settings.index_snapshot_every,
+            rebuild_dead_fraction=settings.index_rebuild_dead_fraction,
+            ivf_min_documents=settings.ivf_min_documents,
+            ivf_retrain_growth=settings.ivf_retrain_growth,
+            repair_every_s=settings.index_repair_every_s,
+        ),
+        observer=metrics,
+    )
+    return Collections(
+        store,
         limits=CollectionLimits(
             max_collections=settings.max_collections,
             # A batch larger than the encoder queue could never be queued.
@@ -132,12 +147,6 @@ def make_collections(settings: Settings, metrics: Metrics) -> Collections:
             max_id_chars=settings.max_document_id_chars,
             max_text_chars=settings.max_chars_per_text,
             max_k=settings.max_search_k,
-            filter_oversample=settings.search_filter_oversample,
-            max_candidates=settings.search_max_candidates,
-            snapshot_every=settings.index_snapshot_every,
-            rebuild_dead_fraction=settings.index_rebuild_dead_fraction,
-            ivf_min_documents=settings.ivf_min_documents,
-            ivf_retrain_growth=settings.ivf_retrain_growth,
             queue_timeout_s=settings.index_queue_timeout_s,
         ),
         defaults=IndexDefaults(
@@ -148,20 +157,19 @@ def make_collections(settings: Settings, metrics: Metrics) -> Collections:
             ivf_nlist=settings.ivf_nlist,
             ivf_nprobe=settings.ivf_nprobe,
         ),
-        observer=metrics,
     )
 
 
 async def _open_collections(state: AppState, colls: Collections) -> None:
     """Open every collection and recover its index from its snapshot and store."""
     try:
-        await asyncio.to_thread(colls.open)
+        await colls.open()
     except Exception as exc:
         state.load_error = f"collections: {type(exc).__name__}: {exc}"
         log.exception("collections failed to open")
         return
     state.collections = colls
-    log.info("collections open: %s", ", ".join(colls.names()) or "none")
+    log.info("collections open: %s", ", ".join(await colls.names()) or "none")
 
 
 async def _start_engine(state: AppState, factory: EngineFactory | None) -> None:
@@ -191,7 +199,6 @@ async def _start_engine(state: AppState, factory: EngineFactory | None) -> None:
         )
     state.metrics.queue_capacity.set(state.settings.max_queue_texts)
     state.engine = engine
-    state.metrics.ready.set(1)
     log.info("ready: model %s, pooling %s, %d dims", engine.model_name, engine.pooling, engine.dims)
 
 
@@ -199,6 +206,7 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
     """The FastAPI app for these settings; `engine_factory` replaces the bundle (tests)."""
     metrics = Metrics()
     state = AppState(settings=settings, metrics=metrics)
+    metrics.ready.set_function(lambda: float(state.not_ready_reason() is None))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     index_rebuild_dead_fraction: float = Field(
         default=0.25, gt=0.0, description="hnsw tombstones per live document that force a rebuild"
     )
+    index_repair_every_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        description="a collection whose index failed (it answers by exact scan meanwhile) "
+        "retries building it after a write this often",
+    )
     index_default_kind: Literal["flat", "hnsw", "ivf"] = "flat"
     index_threads: int = Field(
         default=1,

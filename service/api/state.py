@@ -27,4 +27,14 @@ class AppState:
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None and self.collections is not None
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why the service cannot answer every route now; None when it can.
+
+        `/ready` and the `simsvc_ready` gauge both read this, so they always agree."""
+        if self.engine is None:
+            return self.load_error or "loading"
+        if self.collections is None:
+            return self.load_error or "opening collections"
+        return self.collections.store.problem

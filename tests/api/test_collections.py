@@ -12,7 +12,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from service.runtime.collections import Collection
+from service.runtime.store.local_collection import LocalCollection
 from service.settings import Settings
 from tests.api.conftest import DIMS, fake_factory
 from tests.builders import sentences
@@ -302,15 +302,15 @@ def test_searches_keep_working_during_a_rebuild(
     docs = _docs(30)
     _index(cclient, "c", docs)
     started, release = threading.Event(), threading.Event()
-    build = Collection.build
+    build = LocalCollection.build
 
-    def slow_build(self: Collection, *args: Any) -> Any:
+    def slow_build(self: LocalCollection, *args: Any) -> Any:
         view = build(self, *args)  # from the store as it is now; writes come after
         started.set()
         assert release.wait(10)
         return view
 
-    monkeypatch.setattr(Collection, "build", slow_build)
+    monkeypatch.setattr(LocalCollection, "build", slow_build)
     answers: list[Any] = []
     refit = threading.Thread(
         target=lambda: answers.append(cclient.post("/v1/collections/c/whitening:refit"))
@@ -396,27 +396,29 @@ def test_collection_metrics(cclient: TestClient) -> None:
 def test_ready_waits_for_the_collections(
     make_client: Client, coll_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.runtime.collections import Collections
+    from service.runtime.store.local import LocalStore
 
     gate = threading.Event()
-    opener = Collections.open
+    opener = LocalStore.open_all
 
-    def slow_open(self: Collections) -> None:
+    def slow_open(self: LocalStore) -> None:
         assert gate.wait(10)
         opener(self)
 
-    monkeypatch.setattr(Collections, "open", slow_open)
+    monkeypatch.setattr(LocalStore, "open_all", slow_open)
     client = make_client(coll_settings, wait=False, engine_factory=fake_factory())
     deadline = time.monotonic() + 10
     while client.post("/embed", json={"inputs": "x"}).status_code != 200:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert client.get("/ready").json() == {"status": "not_ready", "reason": "opening collections"}
+    assert "simsvc_ready 0.0" in client.get("/metrics").text  # the gauge says what /ready says
     _error(client.get("/v1/collections"), 503, "not_ready")
     gate.set()
     from tests.conftest import wait_ready
 
     wait_ready(client)
+    assert "simsvc_ready 1.0" in client.get("/metrics").text
     assert client.get("/v1/collections").status_code == 200
 
 
@@ -467,3 +469,83 @@ def test_openapi_documents_both_bodies(cclient: TestClient) -> None:
     item = body["content"]["application/json"]["schema"]["properties"]["documents"]["items"]
     assert item["required"] == ["id", "text"]
     assert "/v1/collections/{name}/whitening:refit" in spec["paths"]
+
+
+def test_a_failed_index_update_leaves_committed_documents_searchable(
+    make_client: Client, coll_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.runtime.index import VectorIndex
+
+    settings = coll_settings.model_copy(update={"index_repair_every_s": 0.0})
+    client = make_client(settings, engine_factory=fake_factory())
+    docs = _docs(12)
+    _index(client, "c", docs[:6])
+    add = VectorIndex.add
+
+    def no_memory(self: VectorIndex, *args: Any) -> None:
+        raise MemoryError("no room for the graph")
+
+    monkeypatch.setattr(VectorIndex, "add", no_memory)
+    # The write is durable before the index takes it: it stands, and stays searchable.
+    assert _index(client, "c", docs[6:]) == {"indexed": 6, "count": 12}
+    index = client.get("/v1/collections/c").json()["index"]
+    assert index["state"] == "degraded" and "MemoryError" in index["problem"]
+    for doc in (docs[2], docs[9]):
+        assert _search(client, "c", doc["text"], k=1)[0]["id"] == doc["id"]
+    assert len(_search(client, "c", docs[0]["text"], k=12, group=9)) == 1  # filters too
+    # Once the index can be built again, the next write repairs it.
+    monkeypatch.setattr(VectorIndex, "add", add)
+    _index(client, "c", _docs(1, start=12))
+    index = client.get("/v1/collections/c").json()["index"]
+    assert "state" not in index and index["vectors"] == 13
+    assert _search(client, "c", docs[9]["text"], k=1)[0]["id"] == "d9"
+
+
+def test_a_collection_that_cannot_open_is_reported_and_can_be_dropped(
+    make_client: Client, coll_settings: Settings, tmp_path: Path
+) -> None:
+    first = make_client(coll_settings, engine_factory=fake_factory())
+    _index(first, "good", _docs(5))
+    _index(first, "bad", _docs(5))
+    first.__exit__(None, None, None)
+    store = tmp_path / "data" / "collections" / "bad" / "store.sqlite3"
+    store.write_bytes(b"this is not a database" * 100)
+
+    second = make_client(coll_settings, engine_factory=fake_factory())
+    assert second.get("/ready").status_code == 200
+    assert "simsvc_ready 1.0" in second.get("/metrics").text
+    listed = {c["name"]: c for c in second.get("/v1/collections").json()["collections"]}
+    assert listed["good"]["count"] == 5
+    assert listed["bad"]["available"] is False and "cannot be opened" in listed["bad"]["problem"]
+    _error(second.get("/v1/collections/bad"), 503, "collection_unavailable")
+    search = second.post("/v1/collections/bad/search", json={"query": "x"})
+    _error(search, 503, "collection_unavailable")
+    assert _search(second, "good", "the cat", k=2)
+    assert second.delete("/v1/collections/bad").json() == {"deleted": "bad"}
+    assert [c["name"] for c in second.get("/v1/collections").json()["collections"]] == ["good"]
+    assert _index(second, "bad", _docs(2)) == {"indexed": 2, "count": 2}  # a fresh one
+
+
+def test_an_index_that_cannot_be_rebuilt_on_start_does_not_stop_the_service(
+    make_client: Client, coll_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.runtime.index import VectorIndex
+
+    first = make_client(coll_settings, engine_factory=fake_factory())
+    first.put("/v1/collections/h", json={"index": {"kind": "hnsw"}})
+    docs = _docs(10)
+    _index(first, "h", docs)
+    first.__exit__(None, None, None)
+    for snapshot in (tmp_path / "data" / "collections").glob("*/index-*.faiss"):
+        snapshot.unlink()
+
+    def no_memory(*args: Any, **kwargs: Any) -> VectorIndex:
+        raise MemoryError("cannot allocate the graph")
+
+    monkeypatch.setattr(VectorIndex, "create", no_memory)
+    second = make_client(coll_settings, engine_factory=fake_factory())
+    assert second.get("/ready").status_code == 200
+    info = second.get("/v1/collections/h").json()
+    assert info["count"] == 10 and info["index"]["state"] == "degraded"
+    assert _search(second, "h", docs[3]["text"], k=1)[0]["id"] == "d3"
+    assert second.delete("/v1/collections/h").status_code == 200

@@ -7,8 +7,11 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from service.metrics import Metrics
-from service.runtime.collections import CollectionLimits, Collections
-from service.runtime.docstore import DocStore, Document
+from service.runtime.collections import Collections
+from service.runtime.store.base import Document
+from service.runtime.store.docstore import DocStore
+from service.runtime.store.local import LocalStore
+from service.runtime.store.local_collection import LocalOptions
 from service.settings import Settings
 from tests.api.conftest import fake_factory
 from tests.builders import sentences
@@ -23,15 +26,15 @@ def test_a_crash_after_acknowledged_writes_loses_nothing_and_indexes_nothing_twi
     tmp_path: Path,
 ) -> None:
     root = tmp_path / "collections"
-    limits = CollectionLimits(snapshot_every=8)
+    options = LocalOptions(snapshot_every=8)
     docs = [Document(f"d{i}", t, {"i": i}) for i, t in enumerate(sentences(13, seed=3))]
     updated = [Document("d0", "the red bird sings a song today", {"i": 100})]
     engine = fake_factory()(Settings(threads=1), Metrics())
     engine.start()
 
     async def before_the_crash() -> None:
-        colls = Collections(root, limits)
-        colls.open()
+        colls = Collections(LocalStore(root, options))
+        await colls.open()
         assert await colls.upsert("c", engine, batches(docs[:10])) == (10, 10)  # snapshot
         await colls.upsert("c", engine, batches(docs[10:]))
         await colls.upsert("c", engine, batches(updated))
@@ -39,9 +42,10 @@ def test_a_crash_after_acknowledged_writes_loses_nothing_and_indexes_nothing_twi
         # The process dies here: no close, the last snapshot is 6 changes old.
 
     async def after_the_restart() -> None:
-        colls = Collections(root, limits)
-        colls.open()
-        coll = colls.get("c")
+        store = LocalStore(root, options)
+        colls = Collections(store)
+        await colls.open()
+        coll = store.collection("c")
         assert coll.view is not None
         assert coll.store.count == 12 and coll.view.index.ntotal == 12
         assert coll.view.seq == coll.store.seq == 15

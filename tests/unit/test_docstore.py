@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from service.errors import NotFoundError, ValidationError
-from service.runtime.docstore import DocStore, Document
+from service.runtime.store.base import Document
+from service.runtime.store.docstore import DocStore
 
 
 def vec(*values: float) -> np.ndarray:

@@ -35,7 +35,7 @@ from service.errors import (
     UnsupportedMediaTypeError,
     ValidationError,
 )
-from service.runtime.docstore import Document
+from service.runtime.store.base import Document
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
@@ -146,7 +146,7 @@ async def ndjson_batches(
 @router.get("", dependencies=[ReadScope])
 async def list_collections(collections: CollectionsDep) -> dict[str, Any]:
     """Every collection with its count, dims, index and whitening."""
-    return {"collections": [collections.get(n).info() for n in collections.names()]}
+    return {"collections": await collections.describe_all()}
 
 
 @router.put("/{name}", dependencies=[AdminScope], status_code=201)
@@ -168,7 +168,7 @@ async def put_collection(
 @router.get("/{name}", dependencies=[ReadScope])
 async def get_collection(name: str, collections: CollectionsDep) -> dict[str, Any]:
     """Count, dims, index kind and parameters, whitening version, model."""
-    return collections.get(name).info()
+    return await collections.info(name)
 
 
 @router.delete("/{name}", dependencies=[AdminScope])

@@ -32,8 +32,8 @@ async def live() -> dict[str, str]:
 @router.get("/ready")
 async def ready(state: StateDep) -> ORJSONResponse:
     """Ready: the bundle is loaded, a warm-up batch ran and the collections are open."""
-    if not state.ready:
-        reason = state.load_error or ("loading" if state.engine is None else "opening collections")
+    reason = state.not_ready_reason()
+    if reason is not None:
         return ORJSONResponse({"status": "not_ready", "reason": reason}, status_code=503)
     return ORJSONResponse({"status": "ready"})
 

@@ -1,4 +1,4 @@
-"""The durable half of a collection: documents, metadata and raw pooled vectors in SQLite.
+"""The local store's durable half: documents, metadata and raw pooled vectors in SQLite.
 
 The store is the source of truth; the FAISS index is a cache that can always be rebuilt
 from it without re-encoding. WAL mode with `synchronous=FULL`: a committed transaction
@@ -16,8 +16,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,8 @@ import numpy as np
 import orjson
 
 from service.errors import NotFoundError, ValidationError
+from service.runtime.store.base import Document, Filter
 from service.runtime.types import FloatArray, IntArray
-
-Scalar = str | int | float | bool | None
-Filter = Mapping[str, Scalar]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -43,15 +40,6 @@ CREATE TABLE IF NOT EXISTS removed (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL
 CREATE INDEX IF NOT EXISTS removed_at ON removed (at);
 """
 _CHUNK = 500  # ids per IN (...) clause, well under SQLite's variable limit
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    """One document as stored: its id, full text and metadata (a JSON object)."""
-
-    id: str
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def _filter_sql(where: Filter | None) -> tuple[str, list[Any]]:

@@ -1,0 +1,517 @@
+"""One collection of the local store: a SQLite file (the truth) and FAISS snapshots (a cache).
+
+- Writes: one SQLite transaction per request, committed (fsync) before the answer, then the
+  index catches up from the store. A request is all or nothing.
+- Index: an `IndexView` (FAISS index + the whitening and dims its vectors were made with)
+  replaced as a whole. Rebuilds build a new view aside from the stored raw vectors, catch it
+  up under the write lock and swap it in, so searches never stop.
+- Recovery: load the snapshot the store points to, add rows newer than it and remove what
+  was removed after it; without a usable snapshot, rebuild from the store.
+- Degraded: when the index cannot be built or caught up (out of memory, say), the collection
+  still answers, by scanning the stored vectors exactly, until a rebuild succeeds. A
+  committed document is never unsearchable.
+
+Everything here blocks; `service.runtime.store.local` runs it off the event loop, all SQLite
+writes of a collection on its own single writer thread, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service.runtime.index import (
+    IVF_MAX_TRAIN_PER_LIST,
+    IndexSpec,
+    VectorIndex,
+    ivf_lists,
+    ivf_min_training,
+)
+from service.runtime.store.base import (
+    CollectionObserver,
+    CollectionSpec,
+    Document,
+    Filter,
+    Hit,
+    ModelInfo,
+    WhiteningState,
+    embed,
+    top_k,
+)
+from service.runtime.store.docstore import DocStore, WriteTxn
+from service.runtime.types import FloatArray
+from service.runtime.whitening import Whitening
+
+log = logging.getLogger("simsvc.collections")
+
+STORE_FILE = "store.sqlite3"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """The local store's policies (all settings)."""
+
+    filter_oversample: int = 10
+    max_candidates: int = 10_000
+    snapshot_every: int = 10_000
+    rebuild_dead_fraction: float = 0.25
+    ivf_min_documents: int = 1000
+    ivf_retrain_growth: float = 4.0
+    repair_every_s: float = 60.0
+    """A degraded collection retries building its index after a write this often."""
+
+
+@dataclass
+class IndexView:
+    """An index with the whitening and dims its vectors were made with; swapped as a whole."""
+
+    index: VectorIndex
+    whitening: WhiteningState
+    dims: int
+    seq: int
+    """The last store change the index reflects."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def embed(self, raw: FloatArray) -> FloatArray:
+        return embed(self.whitening, self.dims, raw)
+
+    def config(self) -> dict[str, Any]:
+        return {**self.index.spec.as_dict(), "dims": self.dims}
+
+    def layout(self) -> dict[str, Any]:
+        """What a snapshot must match to be loaded for the current config."""
+        return {**self.config(), "whitening": self.whitening.version}
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _durable_replace(tmp: Path, final: Path) -> None:
+    """fsync a finished temporary file, rename it over `final`, fsync the directory."""
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    _durable_replace(tmp, path)
+
+
+def whitening_file(directory: Path, version: int) -> Path:
+    return directory / f"whitening-{version}.npz"
+
+
+class LocalCollection:
+    """One collection: its store, its index view (or why there is none) and its locks."""
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        store: DocStore,
+        model: ModelInfo,
+        options: LocalOptions,
+        observer: CollectionObserver,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.store = store
+        self.model = model
+        self.options = options
+        self._observer = observer
+        self.spec = IndexSpec("flat")
+        self.dims = model.raw_dims
+        self.whitening = WhiteningState(Whitening.identity(model.raw_dims), 0, "identity")
+        self.view: IndexView | None = None
+        self.problem: str | None = None
+        """Why the index is not in use (searches scan the store exactly meanwhile)."""
+        self._repair_at = 0.0
+        self.closed = False
+        self.unsnapshotted = 0
+        self._pinned: int | None = None
+        self.write_lock = asyncio.Lock()
+        self.maintenance_lock = asyncio.Lock()
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, f"simsvc-{name}-writer")
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        name: str,
+        spec: CollectionSpec,
+        options: LocalOptions,
+        observer: CollectionObserver,
+    ) -> LocalCollection:
+        """Create the directory aside, then rename it into place: it exists whole or not."""
+        tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        spec.whitening.save(tmp / "whitening-0.npz.tmp")
+        _durable_replace(tmp / "whitening-0.npz.tmp", whitening_file(tmp, 0))
+        store = DocStore(tmp / STORE_FILE)
+        txn = store.begin()
+        txn.set_meta("model", dataclasses.asdict(spec.model))
+        txn.set_meta("config", {**spec.index.as_dict(), "dims": spec.dims})
+        source = "bundle" if spec.whitening.fitted else "identity"
+        txn.set_meta("whitening", WhiteningState(spec.whitening, 0, source).meta())
+        txn.set_meta("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        txn.commit()
+        store.close()
+        final = root / name
+        os.rename(tmp, final)
+        fsync_dir(root)
+        return cls.open(final, options, observer)
+
+    @classmethod
+    def open(
+        cls, path: Path, options: LocalOptions, observer: CollectionObserver
+    ) -> LocalCollection:
+        """Open a collection and recover its index from the snapshot and the store.
+
+        A store that cannot be read raises; an index that cannot be rebuilt leaves the
+        collection open in degraded mode (exact scans) with the reason in `problem`.
+        """
+        store = DocStore(path / STORE_FILE)
+        try:
+            with store.read() as r:
+                model, config, white, snapshot = (
+                    r.meta(k) for k in ("model", "config", "whitening", "snapshot")
+                )
+            if model is None or config is None or white is None:
+                raise ValueError(f"{path / STORE_FILE} lacks the collection's metadata")
+            transform = Whitening.load(whitening_file(path, white["version"]))
+            coll = cls(path.name, path, store, ModelInfo(**model), options, observer)
+            coll.whitening = WhiteningState(transform, **white)
+            coll.spec = IndexSpec(config["kind"], config["params"])
+            coll.dims = int(config["dims"])
+        except BaseException:
+            store.close()
+            raise
+        try:
+            coll._recover(snapshot)
+        except Exception as exc:  # noqa: BLE001 - the store is intact: serve it by scanning
+            coll.degrade(f"index recovery failed: {type(exc).__name__}: {exc}")
+        coll._clean_files()
+        observer.documents(coll.name, store.count)
+        return coll
+
+    def degrade(self, reason: str) -> None:
+        """Stop using the index: searches scan the store exactly until a rebuild succeeds."""
+        log.error("collection %s: %s; searching by exact scan until repaired", self.name, reason)
+        self.view = None
+        self.problem = reason
+        self._repair_at = time.monotonic() + self.options.repair_every_s
+
+    def _recover(self, snapshot: dict[str, Any] | None) -> None:
+        started = time.perf_counter()
+        view = self._load_snapshot(snapshot)
+        rebuilt = view is None
+        if view is None:
+            view = self.build(self.spec, self.dims, self.whitening)
+        caught_up = self.catch_up(view)
+        self.view = view
+        if (rebuilt or caught_up) and self.store.seq:  # a new, empty collection needs none
+            self.checkpoint(view)
+            self._observer.rebuilt("recover", time.perf_counter() - started)
+            log.info(
+                "collection %s: %s, %d changes replayed from the store",
+                self.name,
+                "index rebuilt" if rebuilt else "snapshot loaded",
+                caught_up,
+            )
+
+    def _load_snapshot(self, snapshot: dict[str, Any] | None) -> IndexView | None:
+        if not snapshot:
+            return None
+        expected = {**self.spec.as_dict(), "dims": self.dims, "whitening": self.whitening.version}
+        layout = dict(snapshot["layout"])
+        trained_on = int(layout.pop("trained_on", 0))
+        if layout != expected:
+            return None
+        try:
+            data = (self.path / snapshot["file"]).read_bytes()
+            index = VectorIndex.from_bytes(self.spec, self.dims, data, trained_on)
+        except (OSError, RuntimeError, ValueError) as exc:
+            log.warning("collection %s: snapshot unusable (%s); rebuilding", self.name, exc)
+            return None
+        return IndexView(index, self.whitening, self.dims, int(snapshot["seq"]))
+
+    def _clean_files(self) -> None:
+        """Remove temporaries, and snapshots and whitenings nothing points to any more."""
+        with self.store.read() as r:
+            snapshot = r.meta("snapshot") or {}
+        keep = {snapshot.get("file"), "whitening-0.npz"}
+        keep.add(whitening_file(self.path, self.whitening.version).name)
+        for p in self.path.iterdir():
+            stale = p.suffix == ".tmp" or (
+                p.name.startswith(("index-", "whitening-")) and p.name not in keep
+            )
+            if stale:
+                p.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Snapshot unsaved index changes, then close the store (on the writer thread)."""
+        if self.closed:
+            return
+        if self.unsnapshotted and self.view is not None:
+            with contextlib.suppress(Exception):  # the store has it all; recovery replays
+                self.checkpoint(self.view)
+        self.closed = True
+        self.store.close()
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    async def run_write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking store work on the collection's single writer thread, in order."""
+        return await asyncio.wrap_future(self._writer.submit(fn, *args))
+
+    def submit_write(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue work on the writer thread without waiting (a cancelled request's rollback)."""
+        with contextlib.suppress(RuntimeError):  # the collection was deleted meanwhile
+            self._writer.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        self._writer.shutdown(wait=True)
+
+    # -- the index -----------------------------------------------------------------------
+
+    def build(self, spec: IndexSpec, dims: int, white: WhiteningState) -> IndexView:
+        """A new view built from every stored raw vector (no re-encoding)."""
+        with self.store.read() as r:
+            seq = r.seq()
+            live = r.count()
+            train = None
+            ivf = spec.kind == "ivf"
+            if ivf and live >= ivf_min_training(spec, self.options.ivf_min_documents):
+                sample = r.sample(ivf_lists(spec, live) * IVF_MAX_TRAIN_PER_LIST)
+                if sample is not None:
+                    train = embed(white, dims, sample)
+            view = IndexView(VectorIndex.create(spec, dims, train, live), white, dims, seq)
+            for seqs, raw in r.vectors():
+                view.index.add(seqs, view.embed(raw))
+        return view
+
+    def catch_up(self, view: IndexView) -> int:
+        """Apply store changes newer than the view: add new rows, remove removed ones."""
+        with self.store.read() as r:
+            target = r.seq()
+            if target <= view.seq:
+                return 0
+            removed = r.removed_since(view.seq)
+            added = 0
+            for seqs, raw in r.vectors(after=view.seq):
+                vectors = view.embed(raw)
+                with view.lock:
+                    view.index.add(seqs, vectors)
+                added += len(seqs)
+            with view.lock:
+                view.index.remove(removed)
+                view.seq = target
+        return added + len(removed)
+
+    def checkpoint(self, view: IndexView, meta: Mapping[str, Any] | None = None) -> None:
+        """Write the view as a snapshot (atomically) and point the store at it.
+
+        `meta` (a new config or whitening) is committed in the same transaction, so the
+        store never names a config whose snapshot is missing.
+        """
+        with view.lock:
+            data = view.index.to_bytes()
+            seq = view.seq
+            layout = {**view.layout(), "trained_on": view.index.trained_on}
+        with self.store.read() as r:
+            previous = (r.meta("snapshot") or {}).get("file")
+        name = f"index-{seq:012d}-{uuid.uuid4().hex[:8]}.faiss"
+        _write_durably(self.path / name, data)
+        txn = self.store.begin()
+        try:
+            for key, value in (meta or {}).items():
+                txn.set_meta(key, value)
+            txn.set_meta("snapshot", {"file": name, "seq": seq, "layout": layout})
+            txn.prune_removed(seq if self._pinned is None else min(seq, self._pinned))
+            txn.commit()
+        except BaseException:
+            txn.rollback()
+            (self.path / name).unlink(missing_ok=True)
+            raise
+        if previous and previous != name:
+            (self.path / previous).unlink(missing_ok=True)
+        self.unsnapshotted = 0
+
+    def pin(self) -> int:
+        """Keep the removal log from here on until `unpin` (a view is being built aside)."""
+        self._pinned = self.store.seq
+        return self._pinned
+
+    def unpin(self) -> None:
+        self._pinned = None
+
+    def install(self, view: IndexView) -> None:
+        """Catch a view built aside up, snapshot it with its config, and swap it in."""
+        self.catch_up(view)
+        meta = {"config": view.config(), "whitening": view.whitening.meta()}
+        self.checkpoint(view, meta)
+        self.view = view
+        self.spec, self.dims, self.whitening = view.index.spec, view.dims, view.whitening
+        self.problem = None
+        self._clean_files()  # the whitening it replaced
+
+    def commit(self, txn: WriteTxn, changes: int) -> int:
+        """Commit a write, bring the index up to date, snapshot now and then; the new count.
+
+        Once committed the write stands: an index that fails to take it is dropped (the
+        collection degrades to exact scans) rather than leave the documents unsearchable.
+        """
+        txn.commit()
+        if self.view is not None:
+            try:
+                self.catch_up(self.view)
+                self.unsnapshotted += changes
+                if self.unsnapshotted >= self.options.snapshot_every:
+                    self.checkpoint(self.view)
+            except Exception as exc:  # noqa: BLE001 - the write is durable; the cache is not
+                self.degrade(f"index update failed: {type(exc).__name__}: {exc}")
+        self._observer.documents(self.name, self.store.count)
+        return self.store.count
+
+    def rebuild_reason(self) -> str | None:
+        """Why the index should be rebuilt now: hnsw tombstones piled up, ivf to train, or a
+        degraded collection due for another repair attempt."""
+        if self.view is None:
+            return "repair" if time.monotonic() >= self._repair_at else None
+        index, live = self.view.index, self.store.count
+        if index.spec.kind == "hnsw":
+            dead = index.ntotal - live
+            if dead > 0 and dead > self.options.rebuild_dead_fraction * live:
+                return "tombstones"
+        if index.spec.kind == "ivf":
+            need = ivf_min_training(index.spec, self.options.ivf_min_documents)
+            if live >= max(need, self.options.ivf_retrain_growth * index.trained_on):
+                return "train"
+        return None
+
+    def fit_source(self) -> Callable[[], Any]:
+        """Raw vectors of every live document, chunk by chunk, from one read snapshot."""
+
+        def chunks() -> Any:
+            with self.store.read() as r:
+                for _, raw in r.vectors():
+                    yield raw
+
+        return chunks
+
+    def original_whitening(self) -> Whitening:
+        return Whitening.load(whitening_file(self.path, 0))
+
+    def save_whitening(self, state: WhiteningState) -> None:
+        tmp = self.path / f"whitening-{state.version}.npz.tmp"
+        state.transform.save(tmp)
+        _durable_replace(tmp, whitening_file(self.path, state.version))
+
+    # -- reads (any thread) --------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        view = self.view
+        if view is not None:
+            index = view.index.describe()
+        else:
+            index = {**self.spec.as_dict(), "vectors": 0, "state": "degraded"}
+            index["problem"] = self.problem
+        return {
+            "name": self.name,
+            "count": self.store.count,
+            "dims": self.dims,
+            "index": index,
+            "whitening": {**self.whitening.meta(), "dims": self.whitening.transform.dims_out},
+            "model": dataclasses.asdict(self.model),
+            "seq": self.store.seq,
+        }
+
+    def get(self, doc_id: str) -> Document | None:
+        with self.store.read() as r:
+            return r.get(doc_id)
+
+    def search(self, raw_query: FloatArray, k: int, where: Filter | None) -> list[Hit]:
+        """The k nearest live documents matching the filter.
+
+        Over-fetches by the filter's oversampling and by hnsw's tombstones, widens while
+        too few candidates survive, and falls back to an exact scan of the matching
+        documents when the approximate index runs dry or the candidates grow too many.
+        """
+        started = time.perf_counter()
+        view = self.view
+        if view is None:
+            try:
+                query = embed(self.whitening, self.dims, raw_query)
+                return self._exact(self.whitening, self.dims, query, k, where)
+            finally:
+                self._observer.searched("exact", time.perf_counter() - started)
+        query = view.embed(raw_query)
+        try:
+            total = view.index.ntotal
+            if total == 0:
+                return []
+            dead = max(0, total - self.store.count)
+            fetch = min(total, k * (self.options.filter_oversample if where else 1) + dead)
+            while True:
+                with view.lock:
+                    scores, ids = view.index.search(query, fetch)
+                found = ids[0] >= 0
+                seqs, values = ids[0][found], scores[0][found]
+                with self.store.read() as r:
+                    docs = r.fetch(seqs.tolist(), where)
+                hits = [
+                    Hit(docs[s], float(v))
+                    for s, v in zip(seqs.tolist(), values.tolist(), strict=True)
+                    if s in docs
+                ]
+                if len(hits) >= k or (fetch >= total and view.index.exact):
+                    return hits[:k]
+                if fetch >= total or fetch >= self.options.max_candidates:
+                    return self._exact(view.whitening, view.dims, query, k, where)
+                fetch = min(total, fetch * 4)
+        finally:
+            self._observer.searched(view.index.spec.kind, time.perf_counter() - started)
+
+    def _exact(
+        self, white: WhiteningState, dims: int, query: FloatArray, k: int, where: Filter | None
+    ) -> list[Hit]:
+        """Score every matching stored vector: memory bounded by one chunk plus k."""
+        best_scores = np.empty(0, dtype=np.float32)
+        best_seqs = np.empty(0, dtype=np.int64)
+        with self.store.read() as r:
+            for seqs, raw in r.vectors(where=where):
+                scores = np.concatenate([best_scores, embed(white, dims, raw) @ query[0]])
+                all_seqs = np.concatenate([best_seqs, seqs])
+                keep = top_k(scores, k)
+                best_scores, best_seqs = scores[keep], all_seqs[keep]
+            docs = r.fetch(best_seqs.tolist())
+        return [
+            Hit(docs[s], float(v))
+            for s, v in zip(best_seqs.tolist(), best_scores.tolist(), strict=True)
+            if s in docs
+        ]
