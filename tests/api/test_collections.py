@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from service.runtime.store.local_collection import LocalCollection
 from service.settings import Settings
@@ -55,7 +56,7 @@ def _index(client: TestClient, name: str, docs: list[dict[str, Any]]) -> dict[st
 
 
 @pytest.fixture
-def coll_settings(settings: Settings, tmp_path: Path) -> Settings:
+def local_settings(settings: Settings, tmp_path: Path) -> Settings:
     return settings.model_copy(
         update={
             "data_dir": tmp_path / "data",
@@ -66,6 +67,15 @@ def coll_settings(settings: Settings, tmp_path: Path) -> Settings:
             "ivf_min_documents": 40,
         }
     )
+
+
+@pytest.fixture(params=["local", "postgres"])
+def coll_settings(request: pytest.FixtureRequest, local_settings: Settings) -> Settings:
+    """The same settings on each store: the contract must not depend on it."""
+    if request.param == "local":
+        return local_settings
+    url = request.getfixturevalue("postgres_url")
+    return local_settings.model_copy(update={"store": SecretStr(url)})
 
 
 @pytest.fixture
@@ -293,11 +303,11 @@ def test_refit_fits_the_collection_and_swaps_atomically(cclient: TestClient) -> 
 
 
 def test_searches_keep_working_during_a_rebuild(
-    make_client: Client, coll_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    make_client: Client, local_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Snapshots after every write: one lands mid-rebuild, and must keep the removal log the
     # new index needs to catch up with.
-    settings = coll_settings.model_copy(update={"index_snapshot_every": 1})
+    settings = local_settings.model_copy(update={"index_snapshot_every": 1})
     cclient = make_client(settings, engine_factory=fake_factory())
     docs = _docs(30)
     _index(cclient, "c", docs)
@@ -372,6 +382,8 @@ def test_collections_survive_a_restart(
     assert second.get("/v1/collections/h").json()["index"]["kind"] == "hnsw"
     second.__exit__(None, None, None)
 
+    if coll_settings.store is not None:
+        return  # the rest is about the local store's files
     # Lost snapshots are rebuilt from the store, without the encoder.
     for snapshot in (tmp_path / "data" / "collections").glob("*/index-*.faiss"):
         snapshot.unlink()
@@ -394,7 +406,7 @@ def test_collection_metrics(cclient: TestClient) -> None:
 
 
 def test_ready_waits_for_the_collections(
-    make_client: Client, coll_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    make_client: Client, local_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from service.runtime.store.local import LocalStore
 
@@ -406,7 +418,7 @@ def test_ready_waits_for_the_collections(
         opener(self)
 
     monkeypatch.setattr(LocalStore, "open_all", slow_open)
-    client = make_client(coll_settings, wait=False, engine_factory=fake_factory())
+    client = make_client(local_settings, wait=False, engine_factory=fake_factory())
     deadline = time.monotonic() + 10
     while client.post("/embed", json={"inputs": "x"}).status_code != 200:
         assert time.monotonic() < deadline
@@ -472,11 +484,11 @@ def test_openapi_documents_both_bodies(cclient: TestClient) -> None:
 
 
 def test_a_failed_index_update_leaves_committed_documents_searchable(
-    make_client: Client, coll_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    make_client: Client, local_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from service.runtime.index import VectorIndex
 
-    settings = coll_settings.model_copy(update={"index_repair_every_s": 0.0})
+    settings = local_settings.model_copy(update={"index_repair_every_s": 0.0})
     client = make_client(settings, engine_factory=fake_factory())
     docs = _docs(12)
     _index(client, "c", docs[:6])
@@ -502,16 +514,16 @@ def test_a_failed_index_update_leaves_committed_documents_searchable(
 
 
 def test_a_collection_that_cannot_open_is_reported_and_can_be_dropped(
-    make_client: Client, coll_settings: Settings, tmp_path: Path
+    make_client: Client, local_settings: Settings, tmp_path: Path
 ) -> None:
-    first = make_client(coll_settings, engine_factory=fake_factory())
+    first = make_client(local_settings, engine_factory=fake_factory())
     _index(first, "good", _docs(5))
     _index(first, "bad", _docs(5))
     first.__exit__(None, None, None)
     store = tmp_path / "data" / "collections" / "bad" / "store.sqlite3"
     store.write_bytes(b"this is not a database" * 100)
 
-    second = make_client(coll_settings, engine_factory=fake_factory())
+    second = make_client(local_settings, engine_factory=fake_factory())
     assert second.get("/ready").status_code == 200
     assert "simsvc_ready 1.0" in second.get("/metrics").text
     listed = {c["name"]: c for c in second.get("/v1/collections").json()["collections"]}
@@ -527,11 +539,11 @@ def test_a_collection_that_cannot_open_is_reported_and_can_be_dropped(
 
 
 def test_an_index_that_cannot_be_rebuilt_on_start_does_not_stop_the_service(
-    make_client: Client, coll_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_client: Client, local_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from service.runtime.index import VectorIndex
 
-    first = make_client(coll_settings, engine_factory=fake_factory())
+    first = make_client(local_settings, engine_factory=fake_factory())
     first.put("/v1/collections/h", json={"index": {"kind": "hnsw"}})
     docs = _docs(10)
     _index(first, "h", docs)
@@ -543,7 +555,7 @@ def test_an_index_that_cannot_be_rebuilt_on_start_does_not_stop_the_service(
         raise MemoryError("cannot allocate the graph")
 
     monkeypatch.setattr(VectorIndex, "create", no_memory)
-    second = make_client(coll_settings, engine_factory=fake_factory())
+    second = make_client(local_settings, engine_factory=fake_factory())
     assert second.get("/ready").status_code == 200
     info = second.get("/v1/collections/h").json()
     assert info["count"] == 10 and info["index"]["state"] == "degraded"

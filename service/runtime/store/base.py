@@ -138,6 +138,8 @@ def valid_name(name: str) -> bool:
 def check_filter(where: Filter | None) -> None:
     """Filter values a store can compare exactly: finite numbers in int64/float range."""
     for key, value in (where or {}).items():
+        if "\x00" in key or (isinstance(value, str) and "\x00" in value):
+            raise ValidationError(f"filter {key[:40]!r} holds a NUL character (U+0000)")
         if isinstance(value, bool) or value is None or isinstance(value, str):
             continue
         if isinstance(value, int):
