@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +19,7 @@ from fastapi.testclient import TestClient
 from service.cli import main
 from service.settings import Settings
 from tests.builders import sentences
+from tests.servers import Server
 
 
 def test_collections_through_a_real_onnx_bundle(
@@ -59,79 +55,6 @@ def test_collections_through_a_real_onnx_bundle(
         put = client.put("/v1/collections/tiny", json={"index": {"kind": kind}})
         assert put.json()["index"]["kind"] == kind
         assert top(texts[31])["id"] == "s31"
-
-
-# -- a real server -----------------------------------------------------------------------
-
-
-SERVE = [sys.executable, "-m", "service.cli", "serve"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`simsvc serve` in a subprocess on a free port."""
-
-    def __init__(self, bundle: Path, data_dir: Path, log: Path, **env: str) -> None:
-        self.bundle, self.data_dir, self.log = bundle, data_dir, log
-        self.env = {
-            **os.environ,
-            "SIMSVC_DATA_DIR": str(data_dir),
-            "SIMSVC_THREADS": "1",
-            "SIMSVC_LOG_LEVEL": "warning",
-            **env,
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def start(self) -> Server:
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*SERVE, "--bundle", str(self.bundle), "--port", str(port)],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready: {self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
-
-
-@pytest.fixture
-def server_factory(tiny_bundle: Path, tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
-
-    def make(data_dir: Path, **env: str) -> Server:
-        server = Server(tiny_bundle, data_dir, tmp_path / "server.log", **env)
-        servers.append(server)
-        return server.start()
-
-    yield make
-    for server in servers:
-        server.stop()
 
 
 def test_cli_indexes_resumably_searches_and_evaluates(
@@ -231,14 +154,26 @@ class Uploader(threading.Thread):
             time.sleep(0.012)
 
 
+@pytest.fixture(params=["local", "postgres"])
+def store_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The environment that points a server at each store."""
+    if request.param == "local":
+        return {}
+    return {"SIMSVC_STORE": request.getfixturevalue("postgres_url")}
+
+
 def test_sigkill_mid_upload_loses_no_acknowledged_document(
-    server_factory: Callable[..., Server], tmp_path: Path
+    server_factory: Callable[..., Server], tmp_path: Path, store_env: dict[str, str]
 ) -> None:
     """Kill -9 while a request is in flight, restart on the same data: every acknowledged
     document is there once, the in-flight request entirely or not at all, and the index
     agrees with the store. Twice, the second time after a recovery."""
     data = tmp_path / "data"
-    env = {"SIMSVC_INDEX_BATCH_DOCUMENTS": "4", "SIMSVC_INDEX_SNAPSHOT_EVERY": "25"}
+    env = {
+        "SIMSVC_INDEX_BATCH_DOCUMENTS": "4",
+        "SIMSVC_INDEX_SNAPSHOT_EVERY": "25",
+        **store_env,
+    }
     pool = list(dict.fromkeys(sentences(2000, seed=9)))
     rng = random.Random(0)
     expected: dict[str, dict[str, Any]] = {}  # id -> the last acknowledged version
