@@ -49,6 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model=args.model,
         threads=args.threads,
         encoder_workers=args.workers,
+        store=args.store,
+        metrics_port=args.metrics_port,
     )
     _configure_logging(settings.log_level, settings.log_json)
     if settings.bundle is None:
@@ -274,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int)
     p.add_argument("--workers", type=int, help="encoder batcher threads (SIMSVC_ENCODER_WORKERS)")
     p.add_argument("--metrics-port", type=int, help="serve /metrics on its own port")
+    p.add_argument(
+        "--store",
+        help="collection store (SIMSVC_STORE): postgresql://user:pass@host/db for PostgreSQL "
+        "+ pgvector shared by replicas; unset: local files under the data dir",
+    )
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("build", help="build a model bundle from a checkpoint")

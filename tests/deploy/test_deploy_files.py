@@ -24,12 +24,23 @@ def _yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
-def _k8s() -> dict[str, dict[str, Any]]:
+def _k8s(overlay: str) -> dict[str, dict[str, Any]]:
+    """The objects a kustomization applies, by kind (its bases' too), checking that each
+    lists exactly the files beside it."""
+    folder = DEPLOY / "k8s" / overlay
+    listed = _yaml(folder / "kustomization.yaml")["resources"]
+    files = {p.name for p in folder.glob("*.yaml")} - {"kustomization.yaml"}
+    assert {r for r in listed if not r.startswith("..")} == files, overlay
     docs: dict[str, dict[str, Any]] = {}
-    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            assert doc.get("apiVersion") and doc.get("kind"), path
-            docs[doc["kind"]] = doc
+    for resource in listed:
+        if resource.startswith(".."):
+            docs.update(_k8s(str((folder / resource).resolve().relative_to(DEPLOY / "k8s"))))
+            continue
+        for doc in yaml.safe_load_all((folder / resource).read_text()):
+            assert doc.get("apiVersion") and doc.get("kind"), resource
+            docs[
+                doc["kind"] if doc["kind"] != "Secret" else f"Secret/{doc['metadata']['name']}"
+            ] = doc
     return docs
 
 
@@ -67,6 +78,28 @@ def test_compose_services_ports_volumes_and_healthchecks() -> None:
     assert all({"name", "key", "scopes"} <= set(k) for k in env_keys)
 
 
+def test_compose_postgres_profile_runs_replicas_on_one_database() -> None:
+    compose = _yaml(ROOT / "docker-compose.yml")
+    services = compose["services"]
+    db, replica = services["postgres"], services["simsvc-pg"]
+    assert db["profiles"] == ["postgres"] and replica["profiles"] == ["postgres"]
+    assert "pgvector" in db["image"] and "pg_isready" in " ".join(db["healthcheck"]["test"])
+    assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+    env = replica["environment"]
+    assert set(env) <= SETTING_ENV
+    url = env["SIMSVC_STORE"]
+    assert url.startswith("postgresql://") and "@postgres:5432/" in url
+    assert db["environment"]["POSTGRES_DB"] == url.rsplit("/", 1)[1]
+    assert "SIMSVC_DATA_DIR" not in env and "volumes" not in replica  # stateless
+    # A port range, so `--scale simsvc-pg=N` does not collide.
+    assert all("-" in p.split(":")[0] for p in replica["ports"])
+    assert "postgres" not in services["simsvc"].get("profiles", [])
+    prom = _yaml(DEPLOY / "prometheus" / "prometheus.yml")
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    sd = jobs["simsvc-pg"]["dns_sd_configs"][0]
+    assert sd["names"] == ["simsvc-pg"] and sd["port"] == int(env["SIMSVC_METRICS_PORT"])
+
+
 def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     stages = re.split(r"^FROM ", text, flags=re.M)[1:]
@@ -81,23 +114,16 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     assert set(env) <= SETTING_ENV
 
 
-def test_k8s_manifests_are_consistent() -> None:
-    docs = _k8s()
-    assert set(docs) >= {
-        "Deployment",
-        "Service",
-        "HorizontalPodAutoscaler",
-        "PersistentVolumeClaim",
-        "ConfigMap",
-        "Secret",
-    }
-    dep = docs["Deployment"]
-    pod = dep["spec"]["template"]
+def _check_workload(docs: dict[str, dict[str, Any]], workload: dict[str, Any]) -> None:
+    """Probes, ports, settings, security and labels of a Deployment or StatefulSet."""
+    pod = workload["spec"]["template"]
     container = pod["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     config = docs["ConfigMap"]["data"]
     assert set(config) <= SETTING_ENV
-    assert set(docs["Secret"]["stringData"]) <= SETTING_ENV
+    secrets = {k: v for k, v in docs.items() if k.startswith("Secret/")}
+    for secret in secrets.values():
+        assert set(secret["stringData"]) <= SETTING_ENV
     assert ports["http"] == int(config["SIMSVC_PORT"])
     assert ports["metrics"] == int(config["SIMSVC_METRICS_PORT"])
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == config["SIMSVC_METRICS_PORT"]
@@ -110,28 +136,63 @@ def test_k8s_manifests_are_consistent() -> None:
         assert container[probe]["httpGet"]["port"] in ports
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]
     refs = {r.get("configMapRef", r.get("secretRef"))["name"] for r in container["envFrom"]}
-    assert refs == {docs["ConfigMap"]["metadata"]["name"], docs["Secret"]["metadata"]["name"]}
-    claims = {
-        v["persistentVolumeClaim"]["claimName"]
-        for v in pod["spec"]["volumes"]
-        if "persistentVolumeClaim" in v
+    assert refs == {docs["ConfigMap"]["metadata"]["name"]} | {
+        s["metadata"]["name"] for s in secrets.values()
     }
-    assert claims == {docs["PersistentVolumeClaim"]["metadata"]["name"]}
-    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-    assert mount["data"] == config["SIMSVC_DATA_DIR"]
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     labels = pod["metadata"]["labels"]
     assert docs["Service"]["spec"]["selector"].items() <= labels.items()
-    assert dep["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert workload["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert {p["targetPort"] for p in docs["Service"]["spec"]["ports"]} <= set(ports)
+
+
+def test_k8s_local_store_is_one_replica_that_cannot_be_scaled_apart() -> None:
+    docs = _k8s("local")
+    assert "Deployment" not in docs and "HorizontalPodAutoscaler" not in docs
+    sts = docs["StatefulSet"]
+    _check_workload(docs, sts)
+    assert sts["spec"]["replicas"] == 1
+    claims = sts["spec"]["volumeClaimTemplates"]
+    assert [c["spec"]["accessModes"] for c in claims] == [["ReadWriteOnce"]]
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mount[claims[0]["metadata"]["name"]] == docs["ConfigMap"]["data"]["SIMSVC_DATA_DIR"]
+    assert "SIMSVC_STORE" not in docs["ConfigMap"]["data"]
+
+
+def test_k8s_postgres_store_is_stateless_and_scaled_by_the_hpa() -> None:
+    docs = _k8s("postgres")
+    dep = docs["Deployment"]
+    _check_workload(docs, dep)
+    pod = dep["spec"]["template"]["spec"]
+    # Nothing a replica writes outlives it: no persistent volume at all.
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
+    assert "PersistentVolumeClaim" not in docs and "StatefulSet" not in docs
+    assert docs["Secret/simsvc-store"]["stringData"]["SIMSVC_STORE"].startswith("postgresql://")
     hpa = docs["HorizontalPodAutoscaler"]["spec"]
-    assert hpa["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert hpa["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "simsvc",
+    }
+    assert hpa["minReplicas"] >= 2 and dep["spec"]["replicas"] >= 2
     assert any(
         m.get("pods", {}).get("metric", {}).get("name") == "simsvc_queue_depth"
         for m in hpa["metrics"]
     )
-    listed = set(_yaml(DEPLOY / "k8s" / "kustomization.yaml")["resources"])
-    assert listed == {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+    assert docs["PodDisruptionBudget"]["spec"]["selector"] == dep["spec"]["selector"]
+
+
+def test_no_autoscaler_targets_a_workload_with_a_read_write_once_volume() -> None:
+    for overlay in ("local", "postgres"):
+        docs = _k8s(overlay)
+        hpa = docs.get("HorizontalPodAutoscaler")
+        if hpa is None:
+            continue
+        target = docs[hpa["spec"]["scaleTargetRef"]["kind"]]
+        assert "volumeClaimTemplates" not in target["spec"], overlay
+        volumes = target["spec"]["template"]["spec"].get("volumes", [])
+        assert all("persistentVolumeClaim" not in v for v in volumes), overlay
 
 
 def _queries() -> list[str]:
