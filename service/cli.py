@@ -178,6 +178,12 @@ def _client(args: argparse.Namespace) -> ServiceClient:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return _index_with_ray(args)
+    if len(args.file) != 1:
+        print("simsvc index: the http engine takes one file at a time", file=sys.stderr)
+        return 2
+    args.file = args.file[0]
     from service.client import ClientError, index_file
 
     try:
@@ -198,6 +204,55 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(
         f"{report.indexed} documents indexed into {args.collection} in {report.seconds:.1f}s "
         f"({report.skipped} lines skipped as already done); the collection holds {report.count}"
+    )
+    return 0
+
+
+def _index_with_ray(args: argparse.Namespace) -> int:
+    """Straight into the PostgreSQL store, encoding in Ray actors (no server involved)."""
+    from service.defaults import ensure_default_bundle
+    from service.main import collection_limits, index_defaults, postgres_options
+
+    settings = _settings(args, bundle=args.bundle, store=args.store)
+    url = settings.store.get_secret_value() if settings.store else ""
+    if not url.startswith(("postgresql://", "postgres://")):
+        print(
+            "simsvc index --engine ray writes to the PostgreSQL store: pass --store "
+            "postgresql://... or set SIMSVC_STORE",
+            file=sys.stderr,
+        )
+        return 2
+    _configure_logging(settings.log_level, settings.log_json)
+    try:
+        from service.ray_index import RayIndexOptions, index_with_ray
+
+        bundle = settings.bundle or ensure_default_bundle(settings)
+        report = index_with_ray(
+            RayIndexOptions(
+                files=args.file,
+                collection=args.collection,
+                bundle=bundle,
+                store=postgres_options(settings),
+                address=args.address,
+                actors=args.actors,
+                actor_cpus=args.actor_cpus,
+                threads=args.actor_threads,
+                batch=args.batch,
+                resume=not args.no_resume,
+                limits=collection_limits(settings),
+                index=index_defaults(settings),
+            ),
+            progress=None if args.quiet else sys.stderr,
+            say=lambda m: print(m, file=sys.stderr),
+        )
+    except (ImportError, OSError, ValueError, ConnectionError) as exc:
+        print(f"simsvc index: {exc}", file=sys.stderr)
+        print("run the same command again to resume: stored ids are skipped", file=sys.stderr)
+        return 1
+    print(
+        f"{report.indexed} documents indexed into {args.collection} in {report.seconds:.1f}s "
+        f"({report.docs_per_second:.1f} docs/s; {report.skipped} already there); the "
+        f"collection holds {report.count}"
     )
     return 0
 
@@ -390,12 +445,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate_mlm)
 
-    p = sub.add_parser("index", help="bulk-index a JSONL file into a collection (resumable)")
-    p.add_argument("file", type=Path, help='JSONL: {"id", "text", "metadata"} or BEIR corpus')
+    p = sub.add_parser("index", help="bulk-index documents into a collection (resumable)")
+    p.add_argument(
+        "file",
+        type=Path,
+        nargs="+",
+        help='JSONL: {"id", "text", "metadata"} or a BEIR corpus; Parquet too with --engine ray',
+    )
     p.add_argument("--collection", required=True)
-    p.add_argument("--batch", type=int, default=256, help="documents per request")
-    p.add_argument("--state", type=Path, help="progress file (default: beside FILE)")
+    p.add_argument(
+        "--engine",
+        choices=["http", "ray"],
+        default="http",
+        help="http: NDJSON requests to a running service (--url); ray: Ray Data encodes in "
+        "actors and writes straight into the PostgreSQL store (--store, --bundle)",
+    )
+    p.add_argument("--batch", type=int, default=256, help="documents per request / per actor call")
+    p.add_argument("--state", type=Path, help="http: progress file (default: beside FILE)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--store", help="ray: the PostgreSQL store URL (SIMSVC_STORE)")
+    p.add_argument("--bundle", type=Path, help="ray: model bundle (SIMSVC_BUNDLE; else default)")
+    p.add_argument("--address", help="ray: a Ray cluster to join (auto, or ray://host:port)")
+    p.add_argument("--actors", type=int, default=2, help="ray: encoder actors")
+    p.add_argument(
+        "--actor-cpus",
+        type=float,
+        default=0.5,
+        help="ray: CPUs each actor asks for; fractions leave room for the read tasks",
+    )
+    p.add_argument("--actor-threads", type=int, default=1, help="ray: ONNX threads per actor")
+    p.add_argument(
+        "--no-resume", action="store_true", help="ray: write documents whose id is stored too"
+    )
     _add_client_options(p)
     p.set_defaults(func=cmd_index)
 

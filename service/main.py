@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -36,6 +37,9 @@ from service.runtime.store.local import LocalStore
 from service.runtime.store.local_collection import LocalOptions
 from service.runtime.whitening import Whitening
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.runtime.store.postgres import PostgresOptions
 
 log = logging.getLogger("simsvc")
 
@@ -124,27 +128,31 @@ def _publish_bundle(metrics: Metrics, bundle: Bundle) -> None:
         metrics.anisotropy.labels(stage="whitened").set(m.whitening.anisotropy_after["mean_cosine"])
 
 
+def postgres_options(settings: Settings) -> PostgresOptions:
+    """The PostgreSQL store's options from the settings (SIMSVC_STORE is its URL)."""
+    from service.runtime.store.postgres import PostgresOptions
+
+    return PostgresOptions(
+        url=settings.store.get_secret_value() if settings.store else "",
+        pool_min=settings.store_pool_min,
+        pool_max=max(settings.store_pool_max, settings.store_pool_min),
+        connect_timeout_s=settings.store_connect_timeout_s,
+        pool_timeout_s=settings.store_pool_timeout_s,
+        statement_timeout_s=settings.store_statement_timeout_s,
+        maintenance_timeout_s=settings.store_maintenance_timeout_s,
+        health_interval_s=settings.store_health_interval_s,
+        ivf_min_documents=settings.ivf_min_documents,
+        ivf_retrain_growth=settings.ivf_retrain_growth,
+    )
+
+
 def make_store(settings: Settings, metrics: Metrics) -> CollectionStore:
     """The store the settings name: PostgreSQL for a postgresql:// URL, else local files."""
     url = settings.store.get_secret_value() if settings.store else ""
     if url.startswith(("postgresql://", "postgres://")):
-        from service.runtime.store.postgres import PostgresOptions, PostgresStore
+        from service.runtime.store.postgres import PostgresStore
 
-        return PostgresStore(
-            PostgresOptions(
-                url=url,
-                pool_min=settings.store_pool_min,
-                pool_max=max(settings.store_pool_max, settings.store_pool_min),
-                connect_timeout_s=settings.store_connect_timeout_s,
-                pool_timeout_s=settings.store_pool_timeout_s,
-                statement_timeout_s=settings.store_statement_timeout_s,
-                maintenance_timeout_s=settings.store_maintenance_timeout_s,
-                health_interval_s=settings.store_health_interval_s,
-                ivf_min_documents=settings.ivf_min_documents,
-                ivf_retrain_growth=settings.ivf_retrain_growth,
-            ),
-            observer=metrics,
-        )
+        return PostgresStore(postgres_options(settings), observer=metrics)
     if url:
         raise BundleError("SIMSVC_STORE must be a postgresql:// URL, or unset for the local store")
     return LocalStore(
@@ -164,26 +172,33 @@ def make_store(settings: Settings, metrics: Metrics) -> CollectionStore:
 
 def make_collections(settings: Settings, metrics: Metrics) -> Collections:
     """The collections in the settings' store, with the settings' limits and defaults."""
-    store = make_store(settings, metrics)
     return Collections(
-        store,
-        limits=CollectionLimits(
-            max_collections=settings.max_collections,
-            # A batch larger than the encoder queue could never be queued.
-            batch_documents=min(settings.index_batch_documents, settings.max_queue_texts),
-            max_id_chars=settings.max_document_id_chars,
-            max_text_chars=settings.max_chars_per_text,
-            max_k=settings.max_search_k,
-            queue_timeout_s=settings.index_queue_timeout_s,
-        ),
-        defaults=IndexDefaults(
-            kind=settings.index_default_kind,
-            hnsw_m=settings.hnsw_m,
-            hnsw_ef_construction=settings.hnsw_ef_construction,
-            hnsw_ef_search=settings.hnsw_ef_search,
-            ivf_nlist=settings.ivf_nlist,
-            ivf_nprobe=settings.ivf_nprobe,
-        ),
+        make_store(settings, metrics),
+        limits=collection_limits(settings),
+        defaults=index_defaults(settings),
+    )
+
+
+def collection_limits(settings: Settings) -> CollectionLimits:
+    return CollectionLimits(
+        max_collections=settings.max_collections,
+        # A batch larger than the encoder queue could never be queued.
+        batch_documents=min(settings.index_batch_documents, settings.max_queue_texts),
+        max_id_chars=settings.max_document_id_chars,
+        max_text_chars=settings.max_chars_per_text,
+        max_k=settings.max_search_k,
+        queue_timeout_s=settings.index_queue_timeout_s,
+    )
+
+
+def index_defaults(settings: Settings) -> IndexDefaults:
+    return IndexDefaults(
+        kind=settings.index_default_kind,
+        hnsw_m=settings.hnsw_m,
+        hnsw_ef_construction=settings.hnsw_ef_construction,
+        hnsw_ef_search=settings.hnsw_ef_search,
+        ivf_nlist=settings.ivf_nlist,
+        ivf_nprobe=settings.ivf_nprobe,
     )
 
 

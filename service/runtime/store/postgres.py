@@ -457,6 +457,15 @@ class PostgresStore(CollectionStore):
 
         return await self._read(name, read)
 
+    async def ids(self, name: str) -> set[str]:
+        """Every document id of a collection (bulk indexing resumes by them)."""
+
+        async def read(conn: Any, row: _Row) -> set[str]:
+            cur = await conn.execute(_q("SELECT id FROM {t}", t=row.tbl))
+            return {r[0] for r in await cur.fetchall()}
+
+        return await self._read(name, read)
+
     async def get(self, name: str, doc_id: str) -> Document | None:
         async def read(conn: Any, row: _Row) -> Document | None:
             cur = await conn.execute(
