@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from bench.common import bundle, machine, median, save_json, shared_dir, table
 from bench.loadgen import Server
 from service.client import ServiceClient, evaluate_retrieval, read_beir_qrels, read_beir_queries

@@ -1,0 +1,136 @@
+"""Analysers for the lexical (BM25) index: text -> the terms a collection indexes and queries.
+
+One implementation serves both stores and both directions (documents at write time, queries
+at search time), so a document and a query always meet on the same terms. The stores rank
+the terms with BM25: SQLite's FTS5 `bm25()` in the local store, the same formula in SQL in
+the PostgreSQL store.
+
+- `english`: lower case, Unicode word tokens, Lucene's English stop words (the set
+  Elasticsearch's `english` analyser removes), Snowball English stemming (PyStemmer).
+- `simple`: lower case Unicode word tokens, nothing removed or stemmed (any language with
+  spaces between words).
+- `cjk_bigram`: Chinese, Japanese and Korean runs cut into overlapping character bigrams (a
+  lone character stays a unigram), other runs as `simple` (Lucene's CJKAnalyzer's rule);
+  measured against single characters and jieba words in docs/collections.md.
+- `jieba`: Chinese word segmentation (jieba's search mode), other runs as `simple`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import cache
+from typing import Literal
+
+AnalyzerName = Literal["english", "simple", "cjk_bigram", "jieba"]
+ANALYZERS: tuple[AnalyzerName, ...] = ("english", "simple", "cjk_bigram", "jieba")
+
+ENGLISH_STOP_WORDS = frozenset(
+    "a an and are as at be but by for if in into is it no not of on or such that the their "
+    "then there these they this to was will with".split()
+)
+"""Lucene's EnglishAnalyzer stop set (33 words)."""
+
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
+_CJK = (
+    "\u3040-\u30ff"  # kana
+    "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
+    "\uac00-\ud7af"  # hangul
+)
+_CJK_RUN = re.compile(f"[{_CJK}]+")
+_TOKEN = re.compile(f"[{_CJK}]+|[^\\W{_CJK}]+", re.UNICODE)
+MAX_TERM_CHARS = 64
+"""Longer tokens (base64 blobs, hashes) are dropped: they never match a query anyway."""
+
+
+def _simple(text: str) -> list[str]:
+    return [t for t in _WORD.findall(text.lower()) if len(t) <= MAX_TERM_CHARS]
+
+
+@cache
+def _stemmer() -> Callable[[list[str]], list[str]]:
+    import Stemmer
+
+    stem: Callable[[list[str]], list[str]] = Stemmer.Stemmer("english").stemWords
+    return stem
+
+
+def _english(text: str) -> list[str]:
+    return _stemmer()([t for t in _simple(text) if t not in ENGLISH_STOP_WORDS])
+
+
+def _bigrams(run: str) -> list[str]:
+    if len(run) == 1:
+        return [run]
+    return [run[i : i + 2] for i in range(len(run) - 1)]
+
+
+def _cjk_bigram(text: str) -> list[str]:
+    out: list[str] = []
+    for token in _TOKEN.findall(text.lower()):
+        if _CJK_RUN.fullmatch(token):
+            out += _bigrams(token)
+        elif len(token) <= MAX_TERM_CHARS and token.strip("_"):
+            out.append(token)
+    return out
+
+
+@cache
+def _jieba() -> Callable[[str], list[str]]:
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    tokenizer = jieba.Tokenizer()
+
+    def cut(run: str) -> list[str]:
+        return [w for w in tokenizer.cut_for_search(run) if w.strip()]
+
+    return cut
+
+
+def _jieba_words(text: str) -> list[str]:
+    out: list[str] = []
+    for token in _TOKEN.findall(text.lower()):
+        if _CJK_RUN.fullmatch(token):
+            out += _jieba()(token)
+        elif len(token) <= MAX_TERM_CHARS and token.strip("_"):
+            out.append(token)
+    return out
+
+
+_BY_NAME: dict[str, Callable[[str], list[str]]] = {
+    "english": _english,
+    "simple": _simple,
+    "cjk_bigram": _cjk_bigram,
+    "jieba": _jieba_words,
+}
+
+
+def analyzer(name: str) -> Callable[[str], list[str]]:
+    """The analyser called `name` (ValueError for an unknown one)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown analyzer {name!r}; choose one of {ANALYZERS}") from None
+
+
+def terms(name: str, text: str) -> list[str]:
+    """The terms of a text under an analyser, in order, repeats kept (BM25 counts them)."""
+    return analyzer(name)(text)
+
+
+def fts_document(name: str, text: str) -> str:
+    """The text an FTS5 column holds: the terms joined by spaces (FTS5's `unicode61`
+    tokenizer splits them back apart exactly: terms are word characters only)."""
+    return " ".join(terms(name, text))
+
+
+def fts_query(name: str, text: str) -> str | None:
+    """An FTS5 MATCH expression: any of the query's distinct terms (BM25 ranks them); None
+    when the query has no term left."""
+    distinct = list(dict.fromkeys(terms(name, text)))
+    if not distinct:
+        return None
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in distinct)
