@@ -38,7 +38,7 @@ def _fts(
         "INSERT INTO lex (rowid, terms) VALUES (?, ?)",
         [(i, " ".join(analyse(text))) for i, (_, text) in enumerate(docs)],
     )
-    out = []
+    out: list[list[str]] = []
     for q in queries:
         words = list(dict.fromkeys(analyse(q)))
         if not words:

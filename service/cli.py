@@ -272,7 +272,16 @@ def cmd_search(args: argparse.Namespace) -> int:
             where[key] = value
     try:
         with _client(args) as client:
-            hits = search(client, args.collection, args.query, args.k, where)
+            hits = search(
+                client,
+                args.collection,
+                args.query,
+                args.k,
+                where,
+                mode=args.mode,
+                rerank=args.rerank,
+                explain=args.explain,
+            )
     except ClientError as exc:
         print(f"simsvc search: {exc}", file=sys.stderr)
         return 1
@@ -281,32 +290,49 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         for rank, hit in enumerate(hits, 1):
             text = " ".join(hit["text"].split())
-            print(f"{rank:>3}  {hit['score']:.4f}  {hit['id']}  {text[:100]}")
+            where_from = ""
+            if hit.get("sources"):
+                where_from = (
+                    " ["
+                    + " ".join(f"{name}#{src['rank']}" for name, src in hit["sources"].items())
+                    + "]"
+                )
+            print(f"{rank:>3}  {hit['score']:.4f}  {hit['id']}{where_from}  {text[:100]}")
     return 0
 
 
 def cmd_evaluate_retrieval(args: argparse.Namespace) -> int:
     from service.client import ClientError, evaluate_retrieval, read_beir_qrels, read_beir_queries
 
+    modes = [m for part in args.mode for m in part.split(",") if m] or [None]
+    runs: list[dict[str, Any]] = []
     try:
+        queries, qrels = read_beir_queries(args.queries), read_beir_qrels(args.qrels)
         with _client(args) as client:
-            figures = evaluate_retrieval(
-                client,
-                args.collection,
-                read_beir_queries(args.queries),
-                read_beir_qrels(args.qrels),
-                recall_k=args.recall_k,
-                concurrency=args.concurrency,
-                progress=None if args.quiet else sys.stderr,
-            )
+            for mode in modes:
+                runs.append(
+                    evaluate_retrieval(
+                        client,
+                        args.collection,
+                        queries,
+                        qrels,
+                        recall_k=args.recall_k,
+                        concurrency=args.concurrency,
+                        progress=None if args.quiet else sys.stderr,
+                        mode=mode,
+                        rerank=args.rerank,
+                    )
+                )
     except (ClientError, OSError) as exc:
         print(f"simsvc evaluate-retrieval: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(json.dumps(figures, indent=1))
+        print(json.dumps(runs[0] if len(runs) == 1 else runs, indent=1))
     else:
-        for key, value in figures.items():
-            print(f"{key:<20} {value}")
+        keys = [k for k in runs[0] if k not in ("collection", "concurrency")]
+        print("  ".join(f"{k:>18}" for k in keys))
+        for figures in runs:
+            print("  ".join(f"{figures[k]!s:>18}" for k in keys))
     return 0
 
 
@@ -487,17 +513,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality"
     )
+    p.add_argument(
+        "--mode", choices=["dense", "lexical", "hybrid"], help="default: the collection's"
+    )
+    p.add_argument("--rerank", type=int, default=0, help="rescore the top N (cross-encoder)")
+    p.add_argument("--explain", action="store_true", help="show which lists each hit came from")
     p.add_argument("--json", action="store_true")
     _add_client_options(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser(
-        "evaluate-retrieval", help="nDCG@10 and recall@100 of a collection on BEIR queries"
+        "evaluate-retrieval",
+        help="nDCG@10, recall@100 and MRR@10 of a collection on BEIR queries, per search mode",
     )
     p.add_argument("--collection", required=True)
     p.add_argument("--queries", required=True, type=Path, help="BEIR queries.jsonl")
     p.add_argument("--qrels", required=True, type=Path, help="BEIR qrels TSV")
     p.add_argument("--recall-k", type=int, default=100)
+    p.add_argument(
+        "--mode",
+        action="append",
+        default=[],
+        help="dense, lexical, hybrid (repeat or comma-separate for one row each); default: "
+        "the collection's",
+    )
+    p.add_argument("--rerank", type=int, default=0, help="rescore the top N (cross-encoder)")
     p.add_argument("--concurrency", type=int, default=1, help="queries in flight")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true")

@@ -20,7 +20,7 @@ from typing import IO, Any
 import httpx
 import orjson
 
-from service.runtime.stats import ndcg_at_k, recall_at_k
+from service.runtime.stats import mrr_at_k, ndcg_at_k, recall_at_k
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
@@ -239,8 +239,19 @@ def search(
     query: str,
     k: int = 10,
     where: Mapping[str, Any] | None = None,
+    *,
+    mode: str | None = None,
+    rerank: int = 0,
+    explain: bool = False,
 ) -> list[dict[str, Any]]:
-    body = {"query": query, "k": k, "filter": dict(where or {})}
+    """Search a collection (mode None: the collection's default)."""
+    body: dict[str, Any] = {"query": query, "k": k, "filter": dict(where or {})}
+    if mode:
+        body["mode"] = mode
+    if rerank:
+        body["rerank"] = {"candidates": rerank}
+    if explain:
+        body["explain"] = True
     answer = client.request("POST", f"/v1/collections/{collection}/search", json=body)
     return list(answer["results"])
 
@@ -279,8 +290,11 @@ def evaluate_retrieval(
     recall_k: int = 100,
     concurrency: int = 1,
     progress: IO[str] | None = None,
+    mode: str | None = None,
+    rerank: int = 0,
 ) -> dict[str, Any]:
-    """nDCG@ndcg_k and recall@recall_k over the judged queries, and end-to-end queries/s."""
+    """nDCG@ndcg_k, recall@recall_k and MRR@ndcg_k over the judged queries, and end-to-end
+    queries/s, in one search mode (None: the collection's default)."""
     from tqdm import tqdm
 
     judged = [q for q in sorted(qrels) if q in queries and any(g > 0 for g in qrels[q].values())]
@@ -289,7 +303,8 @@ def evaluate_retrieval(
     k = max(ndcg_k, recall_k)
 
     def run(qid: str) -> list[str]:
-        return [hit["id"] for hit in search(client, collection, queries[qid], k)]
+        hits = search(client, collection, queries[qid], k, mode=mode, rerank=rerank)
+        return [hit["id"] for hit in hits]
 
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool, tqdm(
@@ -303,11 +318,15 @@ def evaluate_retrieval(
     seconds = time.perf_counter() - started
     ndcg = [ndcg_at_k(r, qrels[q], ndcg_k) for q, r in zip(judged, ranked, strict=True)]
     recall = [recall_at_k(r, qrels[q], recall_k) for q, r in zip(judged, ranked, strict=True)]
+    mrr = [mrr_at_k(r, qrels[q], ndcg_k) for q, r in zip(judged, ranked, strict=True)]
     return {
         "collection": collection,
+        "mode": mode or "default",
+        "rerank": rerank,
         "queries": len(judged),
         f"ndcg@{ndcg_k}": round(sum(ndcg) / len(ndcg), 4),
         f"recall@{recall_k}": round(sum(recall) / len(recall), 4),
+        f"mrr@{ndcg_k}": round(sum(mrr) / len(mrr), 4),
         "queries_per_second": round(len(judged) / seconds, 1),
         "concurrency": concurrency,
     }

@@ -30,8 +30,10 @@ from service.runtime.bundle import Bundle, load_bundle
 from service.runtime.collections import CollectionLimits, Collections, IndexDefaults
 from service.runtime.encoder import EncoderCore, OnnxEncoder
 from service.runtime.engine import Engine, EngineLimits
+from service.runtime.fusion import FusionParams
 from service.runtime.head import PairHead
 from service.runtime.index import set_threads as set_index_threads
+from service.runtime.search import SearchDefaults, SearchLimits
 from service.runtime.store.base import CollectionStore
 from service.runtime.store.local import LocalStore
 from service.runtime.store.local_collection import LocalOptions
@@ -176,6 +178,22 @@ def make_collections(settings: Settings, metrics: Metrics) -> Collections:
         make_store(settings, metrics),
         limits=collection_limits(settings),
         defaults=index_defaults(settings),
+        search_defaults=SearchDefaults(
+            settings.search_default_mode,
+            FusionParams(
+                settings.search_fusion_method,
+                settings.search_rrf_k,
+                settings.search_fusion_alpha,
+                min(settings.search_fusion_candidates, settings.max_fusion_candidates),
+            ),
+        ),
+        search_limits=SearchLimits(
+            max_k=settings.max_search_k,
+            max_candidates=settings.max_fusion_candidates,
+            max_rerank=settings.max_rerank_candidates,
+        ),
+        observer=metrics,
+        analyzer=settings.lexical_analyzer,
     )
 
 

@@ -145,6 +145,20 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=r,
         )
+        self.lexical_terms_gauge = Gauge(
+            "simsvc_lexical_terms",
+            "Term occurrences in a collection's lexical (BM25) index: its size.",
+            ["collection"],
+            registry=r,
+        )
+        self.search_request_seconds = Histogram(
+            "simsvc_search_request_seconds",
+            "Collection search time by mode (dense, lexical, hybrid), query encoding, fusion "
+            "and reranking included.",
+            ["mode"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.index_rebuild_seconds = Histogram(
             "simsvc_index_rebuild_seconds",
             "Time to rebuild a collection's index from its stored vectors, by reason.",
@@ -178,9 +192,17 @@ class Metrics:
     def documents(self, collection: str, count: int) -> None:
         self.index_documents.labels(collection=collection).set(count)
 
+    def lexical_terms(self, collection: str, terms: int) -> None:
+        self.lexical_terms_gauge.labels(collection=collection).set(terms)
+
     def forget(self, collection: str) -> None:
-        with contextlib.suppress(KeyError):
-            self.index_documents.remove(collection)
+        for gauge in (self.index_documents, self.lexical_terms_gauge):
+            with contextlib.suppress(KeyError):
+                gauge.remove(collection)
+
+    # SearchObserver
+    def search_request(self, mode: str, seconds: float) -> None:
+        self.search_request_seconds.labels(mode=mode).observe(seconds)
 
     def searched(self, kind: str, seconds: float) -> None:
         self.search_seconds.labels(kind=kind).observe(seconds)

@@ -153,6 +153,28 @@ class Settings(BaseSettings):
         "retries building it after a write this often",
     )
     index_default_kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    lexical_analyzer: Literal["english", "simple", "cjk_bigram", "jieba"] = Field(
+        default="english",
+        description="the lexical (BM25) index's analyser for new collections: english "
+        "(Snowball stemming, stop words), simple, cjk_bigram (Chinese), jieba (Chinese words)",
+    )
+    search_default_mode: Literal["dense", "lexical", "hybrid"] = Field(
+        default="hybrid",
+        description="the search mode of collections that set none (the winner on SciFact's "
+        "train queries; docs/collections.md)",
+    )
+    search_fusion_method: Literal["rrf", "weighted"] = "rrf"
+    search_rrf_k: int = Field(default=60, ge=1, le=10_000)
+    search_fusion_alpha: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="weight of the dense list in hybrid search"
+    )
+    search_fusion_candidates: int = Field(
+        default=100, ge=1, description="how deep each list is read before fusing"
+    )
+    max_fusion_candidates: int = Field(default=1000, ge=1)
+    max_rerank_candidates: int = Field(
+        default=100, ge=1, description="results a search may rescore with the cross-encoder"
+    )
     index_threads: int = Field(
         default=1,
         ge=0,

@@ -119,10 +119,48 @@ class IndexOptions(_Strict):
     )
 
 
+class LexicalOptions(_Strict):
+    analyzer: Literal["english", "simple", "cjk_bigram", "jieba"] | None = Field(
+        default=None,
+        description="english: Snowball stemming and stop words; simple: lower-cased words; "
+        "cjk_bigram / jieba: Chinese (character bigrams / words). A change re-analyses the "
+        "stored texts.",
+    )
+
+
+class FusionOptions(_Strict):
+    """How hybrid search combines its two lists (unset fields: the collection's defaults)."""
+
+    method: Literal["rrf", "weighted"] | None = Field(
+        default=None,
+        description="rrf: reciprocal-rank fusion; weighted: alpha * dense + (1 - alpha) * "
+        "lexical over min-max normalised scores",
+    )
+    rrf_k: int | None = Field(default=None, ge=1, le=10_000, description="RRF's constant")
+    alpha: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="weight of the dense list"
+    )
+    candidates: int | None = Field(
+        default=None, ge=1, description="how deep each list is read before fusing"
+    )
+
+    def given(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class SearchDefaultsIn(_Strict):
+    mode: Literal["dense", "lexical", "hybrid"] | None = None
+    fusion: FusionOptions = Field(default_factory=FusionOptions)
+
+
 class CollectionOptions(_Strict):
     index: IndexOptions = Field(default_factory=IndexOptions)
     dims: int | None = Field(
         default=None, ge=1, description="keep the first dims whitened components"
+    )
+    lexical: LexicalOptions = Field(default_factory=LexicalOptions)
+    search: SearchDefaultsIn | None = Field(
+        default=None, description="the collection's search defaults (mode, fusion)"
     )
 
 
@@ -133,22 +171,52 @@ class RefitRequest(_Strict):
     )
 
 
+class RerankOptions(_Strict):
+    candidates: int = Field(
+        ge=1, description="how many of the top results the cross-encoder rescores"
+    )
+
+
 class SearchRequest(_Strict):
     query: str = Field(min_length=1)
     k: int = Field(default=10, ge=1)
     filter: dict[str, Scalar] = Field(
         default_factory=dict, description="metadata equality on every key"
     )
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
+        default=None,
+        description="dense: nearest whitened vectors; lexical: BM25; hybrid: both, fused. "
+        "Default: the collection's",
+    )
+    fusion: FusionOptions | None = None
+    rerank: RerankOptions | None = Field(
+        default=None, description="rescore the top results with the bundle's cross-encoder"
+    )
+    explain: bool = Field(
+        default=False, description="say which lists each result came from, and its rank there"
+    )
+
+
+class SearchSource(BaseModel):
+    rank: int
+    score: float
 
 
 class SearchHit(BaseModel):
     id: str
-    score: float = Field(description="cosine of the whitened vectors")
+    score: float = Field(
+        description="dense: cosine of the whitened vectors; lexical: BM25; hybrid: the fused "
+        "score; reranked: the cross-encoder's probability"
+    )
     text: str
     metadata: dict[str, Any]
+    sources: dict[str, SearchSource] | None = Field(
+        default=None, description='with "explain": dense, lexical and rerank rank and score'
+    )
 
 
 class SearchResponse(BaseModel):
+    mode: Literal["dense", "lexical", "hybrid"]
     results: list[SearchHit]
 
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -27,6 +27,17 @@ from service.errors import (
 )
 from service.runtime.engine import Engine
 from service.runtime.index import PARAMS, IndexKind, IndexSpec
+from service.runtime.lexical import ANALYZERS
+from service.runtime.search import (
+    SEARCH_MODES,
+    SearchDefaults,
+    SearchLimits,
+    SearchObserver,
+    SearchRequest,
+    SearchResult,
+    check_fusion,
+    run_search,
+)
 from service.runtime.store.base import (
     CollectionSpec,
     CollectionStore,
@@ -135,10 +146,18 @@ class Collections:
         store: CollectionStore,
         limits: CollectionLimits | None = None,
         defaults: IndexDefaults | None = None,
+        search_defaults: SearchDefaults | None = None,
+        search_limits: SearchLimits | None = None,
+        observer: SearchObserver | None = None,
+        analyzer: str = "english",
     ) -> None:
         self.store = store
         self.limits = limits or CollectionLimits()
         self.defaults = defaults or IndexDefaults()
+        self.search_defaults = search_defaults or SearchDefaults()
+        self.search_limits = search_limits or SearchLimits(max_k=self.limits.max_k)
+        self.observer = observer
+        self.analyzer = analyzer
 
     async def open(self) -> None:
         await self.store.open()
@@ -150,14 +169,22 @@ class Collections:
         return await self.store.names()
 
     async def info(self, name: str) -> dict[str, Any]:
-        return await self.store.info(name)
+        """The store's figures, with the search defaults in effect (the service's settings
+        overridden by the collection's own)."""
+        info = await self.store.info(name)
+        overrides = info.get("search") or {}
+        info["search"] = {
+            **self.search_defaults.overridden(overrides).as_dict(),
+            "overrides": overrides,
+        }
+        return info
 
     async def describe_all(self) -> list[dict[str, Any]]:
         """Every collection's info; one dropped meanwhile is left out."""
         out = []
         for name in await self.store.names():
             try:
-                out.append(await self.store.info(name))
+                out.append(await self.info(name))
             except NotFoundError:
                 continue
             except CollectionUnavailableError as exc:
@@ -204,6 +231,8 @@ class Collections:
         kind: IndexKind | None = None,
         params: Mapping[str, int] | None = None,
         dims: int | None = None,
+        analyzer: str | None = None,
+        search: Mapping[str, Any] | None = None,
     ) -> bool:
         """Create the collection with these options unless it exists; True if created."""
         check_name(name)
@@ -216,9 +245,30 @@ class Collections:
             raise ConflictError(
                 f"{len(names)} collections exist; the limit is {self.limits.max_collections}"
             )
+        analyzer = self._analyzer(analyzer or self.analyzer)
+        stored = self._search(search) if search is not None else {}
         return await self.store.create(
-            name, CollectionSpec(model_of(engine), spec, dims, engine.whitening)
+            name,
+            CollectionSpec(model_of(engine), spec, dims, engine.whitening, analyzer, stored),
         )
+
+    @staticmethod
+    def _analyzer(name: str) -> str:
+        if name not in ANALYZERS:
+            raise ValidationError(f"analyzer must be one of {list(ANALYZERS)}, got {name!r}")
+        return name
+
+    def _search(self, search: Mapping[str, Any]) -> dict[str, Any]:
+        """Validated search defaults for a collection, as stored."""
+        mode = search.get("mode")
+        if mode is not None and mode not in SEARCH_MODES:
+            raise ValidationError(f"search mode must be one of {list(SEARCH_MODES)}")
+        fusion = dict(search.get("fusion") or {})
+        try:
+            check_fusion(replace(self.search_defaults.fusion, **fusion), self.search_limits)
+        except TypeError as exc:
+            raise ValidationError(f"unknown fusion parameter: {exc}") from exc
+        return {k: v for k, v in (("mode", mode), ("fusion", fusion)) if v}
 
     async def configure(
         self,
@@ -227,17 +277,26 @@ class Collections:
         kind: IndexKind | None = None,
         params: Mapping[str, int] | None = None,
         dims: int | None = None,
+        analyzer: str | None = None,
+        search: Mapping[str, Any] | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Create a collection, or change its index kind, parameters or dims (a rebuild)."""
-        created = await self._create(name, engine, kind, params, dims)
+        """Create a collection, or change its index kind, parameters or dims (a rebuild),
+        its lexical analyser (the lexical index is rebuilt) or its search defaults."""
+        created = await self._create(name, engine, kind, params, dims, analyzer, search)
         if not created:
             await self._check_model(name, engine)
             current, current_dims = await self.store.index_spec(name)
             white = (await self.store.info(name))["whitening"]
             spec = self._spec(current, kind, params or {})
             new_dims = self._check_dims(dims or current_dims, int(white["dims"]))
-            await self.store.configure(name, spec, new_dims)
-        return await self.store.info(name), created
+            await self.store.configure(
+                name,
+                spec,
+                new_dims,
+                self._analyzer(analyzer) if analyzer else None,
+                self._search(search) if search is not None else None,
+            )
+        return await self.info(name), created
 
     async def drop(self, name: str) -> None:
         """Delete a collection and its documents, after its in-flight writes."""
@@ -323,14 +382,22 @@ class Collections:
         self, name: str, engine: Engine, query: str, k: int, where: Filter | None = None
     ) -> list[Hit]:
         """The k documents nearest in meaning to `query` whose metadata match `where`."""
+        result = await self.find(name, engine, SearchRequest(query, k, where, mode="dense"))
+        return [Hit(h.document, h.score) for h in result.hits]
+
+    async def find(self, name: str, engine: Engine, request: SearchRequest) -> SearchResult:
+        """A search in any mode (the collection's default unless the request says)."""
         await self._check_model(name, engine)
-        self.check_search(k, where)
-        emb = await engine.embed([query], whiten=False, normalize=False)
-        return await self.store.search(name, emb.vectors, k, where)
+        self.check_search(request.k, request.where)
+        info = await self.store.info(name)
+        defaults = self.search_defaults.overridden(info.get("search") or {})
+        return await run_search(
+            self.store, engine, name, request, defaults, self.search_limits, self.observer
+        )
 
     # -- whitening -----------------------------------------------------------------------
 
     async def refit(self, name: str, source: WhiteningSource = "collection") -> dict[str, Any]:
         """Refit the collection's whitening (on its own documents by default) and rebuild."""
         await self.store.refit(name, WhiteningFit(source))
-        return await self.store.info(name)
+        return await self.info(name)

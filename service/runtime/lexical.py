@@ -26,8 +26,11 @@ AnalyzerName = Literal["english", "simple", "cjk_bigram", "jieba"]
 ANALYZERS: tuple[AnalyzerName, ...] = ("english", "simple", "cjk_bigram", "jieba")
 
 ENGLISH_STOP_WORDS = frozenset(
-    "a an and are as at be but by for if in into is it no not of on or such that the their "
-    "then there these they this to was will with".split()
+    {
+        *("a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into"),
+        *("is", "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then"),
+        *("there", "these", "they", "this", "to", "was", "will", "with"),
+    }
 )
 """Lucene's EnglishAnalyzer stop set (33 words)."""
 
@@ -134,3 +137,27 @@ def fts_query(name: str, text: str) -> str | None:
     if not distinct:
         return None
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in distinct)
+
+
+def term_counts(name: str, text: str) -> tuple[dict[str, int], int]:
+    """Each distinct term's count in a text, and the number of terms: what BM25 needs of a
+    document (the PostgreSQL store keeps exactly these)."""
+    found = terms(name, text)
+    counts: dict[str, int] = {}
+    for term in found:
+        counts[term] = counts.get(term, 0) + 1
+    return counts, len(found)
+
+
+BM25_K1 = 1.2
+BM25_B = 0.75
+"""FTS5's bm25() constants; the PostgreSQL store ranks with the same formula."""
+
+
+def bm25_idf(documents: int, matching: int) -> float:
+    """FTS5's inverse document frequency: log((N - n + 0.5) / (n + 0.5)), floored at 1e-6
+    (a term in most documents still counts a little, never negatively)."""
+    import math
+
+    idf = math.log((documents - matching + 0.5) / (matching + 0.5))
+    return idf if idf > 0 else 1e-6

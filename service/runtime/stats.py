@@ -92,3 +92,11 @@ def recall_at_k(ranked: Sequence[str], relevance: Mapping[str, int], k: int = 10
     if not relevant:
         return 0.0
     return len(relevant.intersection(ranked[:k])) / len(relevant)
+
+
+def mrr_at_k(ranked: Sequence[str], relevance: Mapping[str, int], k: int = 10) -> float:
+    """Reciprocal rank of the first relevant document within the first k; 0.0 if none."""
+    for rank, doc in enumerate(ranked[:k], 1):
+        if relevance.get(doc, 0) > 0:
+            return 1.0 / rank
+    return 0.0

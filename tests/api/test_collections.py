@@ -84,8 +84,10 @@ def cclient(make_client: Client, coll_settings: Settings) -> TestClient:
 
 
 def _search(client: TestClient, name: str, query: str, k: int = 5, **filt: Any) -> list[Any]:
+    """Dense search: these tests are about the stores and their vector indexes."""
     resp = client.post(
-        f"/v1/collections/{name}/search", json={"query": query, "k": k, "filter": filt}
+        f"/v1/collections/{name}/search",
+        json={"query": query, "k": k, "filter": filt, "mode": "dense"},
     )
     assert resp.status_code == 200, resp.text
     return list(resp.json()["results"])
@@ -400,7 +402,14 @@ def test_collection_metrics(cclient: TestClient) -> None:
     text = cclient.get("/metrics").text
     assert 'simsvc_index_documents{collection="m"} 20.0' in text
     assert 'simsvc_search_seconds_count{kind="flat"} 1.0' in text
+    assert 'simsvc_search_request_seconds_count{mode="dense"} 1.0' in text
+    assert 'simsvc_lexical_terms{collection="m"}' in text
     assert 'simsvc_index_rebuild_seconds_count{reason="reconfigure"} 1.0' in text
+    cclient.post("/v1/collections/m/search", json={"query": "the cat", "mode": "lexical"})
+    cclient.post("/v1/collections/m/search", json={"query": "the cat"})
+    text = cclient.get("/metrics").text
+    assert 'simsvc_search_seconds_count{kind="lexical"} 2.0' in text  # hybrid's lexical list too
+    assert 'simsvc_search_request_seconds_count{mode="hybrid"} 1.0' in text
     cclient.delete("/v1/collections/m")
     assert 'collection="m"' not in cclient.get("/metrics").text
 

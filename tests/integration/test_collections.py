@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.cli import main
+from service.runtime.lexical import terms as lexical_terms
 from service.settings import Settings
 from tests.builders import sentences
 from tests.servers import Server
@@ -42,7 +43,8 @@ def test_collections_through_a_real_onnx_bundle(
 
     def top(query: str, **where: Any) -> dict[str, Any]:
         found = client.post(
-            "/v1/collections/tiny/search", json={"query": query, "k": 3, "filter": where}
+            "/v1/collections/tiny/search",
+            json={"query": query, "k": 3, "filter": where, "mode": "dense"},
         ).json()["results"]
         return dict(found[0])
 
@@ -55,6 +57,14 @@ def test_collections_through_a_real_onnx_bundle(
         put = client.put("/v1/collections/tiny", json={"index": {"kind": kind}})
         assert put.json()["index"]["kind"] == kind
         assert top(texts[31])["id"] == "s31"
+    # Lexical and hybrid through the same real bundle: a text finds itself first.
+    for mode in ("lexical", "hybrid"):
+        answer = client.post(
+            "/v1/collections/tiny/search",
+            json={"query": texts[12], "k": 5, "mode": mode, "explain": True},
+        ).json()
+        assert answer["mode"] == mode and answer["results"][0]["id"] == "s12", answer
+        assert "lexical" in answer["results"][0]["sources"]
 
 
 def test_cli_indexes_resumably_searches_and_evaluates(
@@ -107,6 +117,12 @@ def test_cli_indexes_resumably_searches_and_evaluates(
     assert main([*evaluate, "--qrels", str(qrels), "--url", server.url, "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["queries"] == 30 and figures["ndcg@10"] > 0.95 and figures["recall@100"] == 1.0
+    assert figures["mode"] == "default" and figures["mrr@10"] > 0.9
+    modes = ["--mode", "dense,lexical", "--mode", "hybrid"]
+    assert main([*evaluate, "--qrels", str(qrels), "--url", server.url, "--json", *modes]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["mode"] for r in rows] == ["dense", "lexical", "hybrid"]
+    assert all(r["ndcg@10"] > 0.9 for r in rows)
 
     monkeypatch.setenv("SIMSVC_API_KEY", "wrong")
     assert main(["search", "--collection", "docs", "x", "--url", server.url]) == 1
@@ -214,16 +230,26 @@ def test_sigkill_mid_upload_loses_no_acknowledged_document(
             info = http.get("/v1/collections/k").json()
             assert info["count"] == len(expected)
             assert info["index"]["vectors"] == len(expected)  # flat: nothing indexed twice
+            # The lexical index holds exactly the acknowledged documents' terms.
+            terms = sum(len(lexical_terms("english", d["text"])) for d in expected.values())
+            assert info["lexical"]["terms"] == terms
             for doc in expected.values():
                 got = http.get(f"/v1/collections/k/documents/{doc['id']}").json()
                 assert got == doc  # whole, and the last acknowledged version
             everything = http.post(
-                "/v1/collections/k/search", json={"query": "the", "k": len(expected)}
+                "/v1/collections/k/search",
+                json={"query": "the", "k": len(expected), "mode": "dense"},
             ).json()["results"]
             assert sorted(h["id"] for h in everything) == sorted(expected)
             for doc in rng.sample(sorted(expected.values(), key=lambda d: d["id"]), 15):
                 hit = http.post(
-                    "/v1/collections/k/search", json={"query": doc["text"], "k": 1}
+                    "/v1/collections/k/search",
+                    json={"query": doc["text"], "k": 1, "mode": "dense"},
                 ).json()["results"][0]
                 assert hit["id"] == doc["id"] and hit["text"] == doc["text"]
+                found = http.post(
+                    "/v1/collections/k/search",
+                    json={"query": doc["text"], "k": len(expected), "mode": "lexical"},
+                ).json()["results"]
+                assert [h["id"] for h in found].count(doc["id"]) == 1
         server.stop()

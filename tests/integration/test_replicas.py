@@ -28,7 +28,7 @@ def _docs(n: int, start: int = 0) -> list[dict[str, Any]]:
 
 
 def _top(http: httpx.Client, query: str, k: int = 1) -> list[dict[str, Any]]:
-    resp = http.post("/v1/collections/c/search", json={"query": query, "k": k})
+    resp = http.post("/v1/collections/c/search", json={"query": query, "k": k, "mode": "dense"})
     assert resp.status_code == 200, resp.text
     return list(resp.json()["results"])
 

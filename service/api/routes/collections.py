@@ -35,6 +35,8 @@ from service.errors import (
     UnsupportedMediaTypeError,
     ValidationError,
 )
+from service.runtime.fusion import explain
+from service.runtime.search import SearchRequest as SearchQuery
 from service.runtime.store.base import Document
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
@@ -159,8 +161,21 @@ async def put_collection(
     """Create a collection (201), or change its index kind, parameters or dims (200, a rebuild
     from the stored vectors)."""
     options = body or CollectionOptions()
+    search = None
+    if options.search is not None:
+        search = {
+            k: v
+            for k, v in (("mode", options.search.mode), ("fusion", options.search.fusion.given()))
+            if v
+        }
     info, created = await collections.configure(
-        name, engine, options.index.kind, options.index.params, options.dims
+        name,
+        engine,
+        options.index.kind,
+        options.index.params,
+        options.dims,
+        options.lexical.analyzer,
+        search,
     )
     return ORJSONResponse(info, status_code=201 if created else 200)
 
@@ -234,21 +249,32 @@ async def delete_document(name: str, doc_id: str, collections: CollectionsDep) -
 async def search(
     name: str, body: SearchRequest, collections: CollectionsDep, engine: EngineDep
 ) -> ORJSONResponse:
-    """The k documents nearest in meaning to the query whose metadata match the filter."""
-    hits = await collections.search(name, engine, body.query, body.k, body.filter or None)
-    return ORJSONResponse(
-        {
-            "results": [
-                {
-                    "id": h.document.id,
-                    "score": h.score,
-                    "text": h.document.text,
-                    "metadata": h.document.metadata,
-                }
-                for h in hits
-            ]
-        }
+    """The k best documents for the query whose metadata match the filter: by meaning
+    (dense), by words (lexical, BM25), or both fused (hybrid), optionally reranked."""
+    result = await collections.find(
+        name,
+        engine,
+        SearchQuery(
+            body.query,
+            body.k,
+            body.filter or None,
+            body.mode,
+            body.fusion.given() if body.fusion else None,
+            body.rerank.candidates if body.rerank else 0,
+        ),
     )
+    results = []
+    for h in result.hits:
+        hit: dict[str, Any] = {
+            "id": h.document.id,
+            "score": h.score,
+            "text": h.document.text,
+            "metadata": h.document.metadata,
+        }
+        if body.explain:
+            hit["sources"] = explain(h)
+        results.append(hit)
+    return ORJSONResponse({"mode": result.mode, "results": results})
 
 
 @router.post("/{name}/whitening:refit", dependencies=[AdminScope])

@@ -39,6 +39,8 @@ class CollectionObserver(Protocol):
 
     def documents(self, collection: str, count: int) -> None: ...
 
+    def lexical_terms(self, collection: str, terms: int) -> None: ...
+
     def forget(self, collection: str) -> None: ...
 
     def searched(self, kind: str, seconds: float) -> None: ...
@@ -48,6 +50,9 @@ class CollectionObserver(Protocol):
 
 class NullObserver:
     def documents(self, collection: str, count: int) -> None:
+        pass
+
+    def lexical_terms(self, collection: str, terms: int) -> None:
         pass
 
     def forget(self, collection: str) -> None:
@@ -120,6 +125,10 @@ class CollectionSpec:
     dims: int
     whitening: Whitening
     """The bundle's transform: version 0, and what `source: bundle` returns to."""
+    analyzer: str = "english"
+    """The lexical index's analyser (`service.runtime.lexical`)."""
+    search: Mapping[str, Any] = field(default_factory=dict)
+    """Search defaults (mode, fusion) the orchestration keeps with the collection."""
 
 
 def check_name(name: str) -> None:
@@ -259,11 +268,22 @@ class CollectionStore(abc.ABC):
         that many match."""
 
     @abc.abstractmethod
+    async def lexical(self, name: str, query: str, k: int, where: Filter | None) -> list[Hit]:
+        """The k live documents ranking best for `query` by BM25 over the collection's
+        analysed terms (any query term may match), among those matching `where`."""
+
+    @abc.abstractmethod
     async def configure(
-        self, name: str, index: IndexSpec | None = None, dims: int | None = None
+        self,
+        name: str,
+        index: IndexSpec | None = None,
+        dims: int | None = None,
+        analyzer: str | None = None,
+        search: Mapping[str, Any] | None = None,
     ) -> None:
-        """Change the index kind/parameters or the dims kept: a rebuild from the stored raw
-        vectors; searches go on meanwhile and switch atomically."""
+        """Change the index kind/parameters or the dims kept (a rebuild from the stored raw
+        vectors; searches go on meanwhile and switch atomically), the lexical analyser (the
+        lexical index is rebuilt from the stored texts), or the search defaults."""
 
     @abc.abstractmethod
     async def refit(self, name: str, fitter: WhiteningFitter) -> None:

@@ -1,4 +1,5 @@
-"""The local store's durable half: documents, metadata and raw pooled vectors in SQLite.
+"""The local store's durable half: documents, metadata, raw pooled vectors and the lexical
+(BM25) index in SQLite.
 
 The store is the source of truth; the FAISS index is a cache that can always be rebuilt
 from it without re-encoding. WAL mode with `synchronous=FULL`: a committed transaction
@@ -9,6 +10,10 @@ by the sequence number of its latest write, which is also its FAISS id, so an id
 reused for different vectors. Replacing or deleting a document logs its old number in
 `removed` with the change that removed it; the index catches up from any point by adding
 rows newer than it and removing what was logged after it.
+
+The lexical index is an FTS5 table keyed by the same sequence numbers, holding each
+document's analysed terms, written in the same transaction as the document: it holds
+exactly the committed documents, and FTS5's `bm25()` ranks them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 import orjson
 
 from service.errors import NotFoundError, ValidationError
+from service.runtime.lexical import fts_document
 from service.runtime.store.base import Document, Filter
 from service.runtime.types import FloatArray, IntArray
 
@@ -34,11 +40,15 @@ CREATE TABLE IF NOT EXISTS documents (
     id TEXT NOT NULL UNIQUE,
     text TEXT NOT NULL,
     metadata TEXT NOT NULL,
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    lex_len INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS removed (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS removed_at ON removed (at);
+CREATE VIRTUAL TABLE IF NOT EXISTS lexical
+    USING fts5(terms, tokenize = 'unicode61 remove_diacritics 0');
 """
+DEFAULT_ANALYZER = "english"
 _CHUNK = 500  # ids per IN (...) clause, well under SQLite's variable limit
 
 
@@ -149,6 +159,30 @@ class StoreReader:
             ]
         return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
 
+    def lexical(
+        self, match: str, k: int, where: Filter | None = None
+    ) -> list[tuple[int, Document, float]]:
+        """The k best BM25 matches of an FTS5 expression among documents matching `where`:
+        (sequence number, document, score), best first (FTS5's bm25() is lower-is-better;
+        the score here is its negation, higher-is-better like every other score)."""
+        cond, params = _filter_sql(where)
+        rows = self._conn.execute(
+            f"SELECT d.seq, d.id, d.text, d.metadata, -bm25(lexical) FROM lexical "
+            f"JOIN documents AS d ON d.seq = lexical.rowid "
+            f"WHERE lexical MATCH ? AND {cond} ORDER BY bm25(lexical) LIMIT ?",
+            [match, *params, k],
+        )
+        return [(int(r[0]), _document(r[1], r[2], r[3]), float(r[4])) for r in rows]
+
+    def lexical_count(self) -> int:
+        row = self._conn.execute("SELECT count(*) FROM lexical").fetchone()
+        return int(row[0])
+
+    def lex_total(self) -> int:
+        """Term occurrences in the lexical index (its size, as a metric)."""
+        row = self._conn.execute("SELECT coalesce(sum(lex_len), 0) FROM documents").fetchone()
+        return int(row[0])
+
     def removed_since(self, seq: int) -> IntArray:
         """Sequence numbers replaced or deleted by changes after `seq`."""
         rows = self._conn.execute("SELECT seq FROM removed WHERE at > ?", (seq,)).fetchall()
@@ -164,8 +198,15 @@ class WriteTxn:
         self._start = store.seq
         self.seq = store.seq
         self.count = store.count
+        self.lex_total = store.lex_total
         self.done = False
+        self._analyzer: str | None = None
         self._conn.execute("BEGIN IMMEDIATE")
+
+    @property
+    def analyzer(self) -> str:
+        """The lexical analyser this transaction writes with."""
+        return self._analyzer or self._store.analyzer
 
     def upsert(self, docs: Sequence[Document], vectors: FloatArray) -> None:
         """Insert or replace documents by id, each under a new sequence number.
@@ -180,45 +221,77 @@ class WriteTxn:
             if doc_id in seen:
                 raise ValidationError(f"document id {doc_id!r} appears twice in one request")
             seen.add(doc_id)
-        existing: dict[str, int] = {}
+        existing: dict[str, tuple[int, int]] = {}
         for start in range(0, len(ids), _CHUNK):
             part = ids[start : start + _CHUNK]
             marks = ",".join("?" * len(part))
-            existing.update(
-                self._conn.execute(
-                    f"SELECT id, seq FROM documents WHERE id IN ({marks})", part
-                ).fetchall()
-            )
-        rows: list[tuple[int, str, str, str, bytes]] = []
+            for doc_id, seq, lex_len in self._conn.execute(
+                f"SELECT id, seq, lex_len FROM documents WHERE id IN ({marks})", part
+            ):
+                existing[doc_id] = (int(seq), int(lex_len))
+        rows: list[tuple[int, str, str, str, bytes, int]] = []
+        lexical: list[tuple[int, str]] = []
         removed: list[tuple[int, int]] = []
         for doc, vector in zip(docs, vectors, strict=True):
             self.seq += 1
             old = existing.get(doc.id)
             if old is None:
                 self.count += 1
-            elif old > self._start:
+            elif old[0] > self._start:
                 raise ValidationError(f"document id {doc.id!r} appears twice in one request")
             else:
-                removed.append((old, self.seq))
+                removed.append((old[0], self.seq))
+                self.lex_total -= old[1]
             metadata = orjson.dumps(doc.metadata).decode()
             vec = np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-            rows.append((self.seq, doc.id, doc.text, metadata, vec))
-        self._conn.executemany("DELETE FROM documents WHERE seq = ?", [(s,) for s, _ in removed])
+            terms = fts_document(self.analyzer, doc.text)
+            lex_len = terms.count(" ") + 1 if terms else 0
+            self.lex_total += lex_len
+            rows.append((self.seq, doc.id, doc.text, metadata, vec, lex_len))
+            lexical.append((self.seq, terms))
+        gone = [(s,) for s, _ in removed]
+        self._conn.executemany("DELETE FROM documents WHERE seq = ?", gone)
+        self._conn.executemany("DELETE FROM lexical WHERE rowid = ?", gone)
         self._conn.executemany("INSERT INTO removed (seq, at) VALUES (?, ?)", removed)
         self._conn.executemany(
-            "INSERT INTO documents (seq, id, text, metadata, vector) VALUES (?, ?, ?, ?, ?)", rows
+            "INSERT INTO documents (seq, id, text, metadata, vector, lex_len) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
         )
+        self._conn.executemany("INSERT INTO lexical (rowid, terms) VALUES (?, ?)", lexical)
 
     def delete(self, doc_id: str) -> bool:
         """Delete a document by id; False when there is none."""
-        row = self._conn.execute("SELECT seq FROM documents WHERE id = ?", (doc_id,)).fetchone()
+        row = self._conn.execute(
+            "SELECT seq, lex_len FROM documents WHERE id = ?", (doc_id,)
+        ).fetchone()
         if row is None:
             return False
         self.seq += 1
         self.count -= 1
+        self.lex_total -= int(row[1])
         self._conn.execute("DELETE FROM documents WHERE seq = ?", (row[0],))
+        self._conn.execute("DELETE FROM lexical WHERE rowid = ?", (row[0],))
         self._conn.execute("INSERT INTO removed (seq, at) VALUES (?, ?)", (row[0], self.seq))
         return True
+
+    def reindex_lexical(self, analyzer: str, chunk: int = 1000) -> int:
+        """Analyse every document again into the lexical index (a new analyser, or an index
+        that lost step with the documents); the documents indexed."""
+        self._conn.execute("DELETE FROM lexical")
+        done = 0
+        self.lex_total = 0
+        rows = self._conn.cursor().execute("SELECT seq, text FROM documents ORDER BY seq")
+        while part := rows.fetchmany(chunk):
+            analysed = [(seq, fts_document(analyzer, text)) for seq, text in part]
+            lens = [(t.count(" ") + 1 if t else 0, seq) for seq, t in analysed]
+            self._conn.executemany("INSERT INTO lexical (rowid, terms) VALUES (?, ?)", analysed)
+            self._conn.executemany("UPDATE documents SET lex_len = ? WHERE seq = ?", lens)
+            self.lex_total += sum(n for n, _ in lens)
+            done += len(part)
+        self.set_meta("lexical", {"analyzer": analyzer})
+        self._analyzer = analyzer
+        return done
 
     def set_meta(self, key: str, value: Any) -> None:
         self._conn.execute(
@@ -238,6 +311,9 @@ class WriteTxn:
         self._conn.execute("COMMIT")
         self.done = True
         self._store._committed(self.seq, self.count)
+        self._store.lex_total = self.lex_total
+        if self._analyzer is not None:
+            self._store.analyzer = self._analyzer
 
     def rollback(self) -> None:
         """Undo everything; a no-op once committed or rolled back (safe to call twice)."""
@@ -257,9 +333,19 @@ class DocStore:
         self._writer = self._connect()
         self._writer.execute("PRAGMA journal_mode = WAL")
         self._writer.executescript(_SCHEMA)
+        columns = {r[1] for r in self._writer.execute("PRAGMA table_info(documents)")}
+        if "lex_len" not in columns:  # a collection from before the lexical index
+            self._writer.execute(
+                "ALTER TABLE documents ADD COLUMN lex_len INTEGER NOT NULL DEFAULT 0"
+            )
         with self.read() as r:
             self.seq = r.seq()
             self.count = r.count()
+            lexical = r.meta("lexical") or {}
+            self.lex_total = r.lex_total()
+        self.analyzer: str = lexical.get("analyzer", DEFAULT_ANALYZER)
+        self.lexical_meta: bool = bool(lexical)
+        """False for a collection written before the lexical index existed."""
 
     def _connect(self, readonly: bool = False) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -239,10 +240,24 @@ class LocalStore(CollectionStore):
 
     # -- rebuilds ------------------------------------------------------------------------
 
+    async def lexical(self, name: str, query: str, k: int, where: Filter | None) -> list[Hit]:
+        return await asyncio.to_thread(self.collection(name).lexical, query, k, where)
+
     async def configure(
-        self, name: str, index: IndexSpec | None = None, dims: int | None = None
+        self,
+        name: str,
+        index: IndexSpec | None = None,
+        dims: int | None = None,
+        analyzer: str | None = None,
+        search: Mapping[str, Any] | None = None,
     ) -> None:
         coll = self.collection(name)
+        if analyzer is not None and analyzer != coll.store.analyzer:
+            async with coll.write_lock:
+                await coll.run_write(coll.reindex_lexical, analyzer)
+        if search is not None and dict(search) != coll.search_defaults:
+            async with coll.write_lock:
+                await coll.run_write(coll.set_search_defaults, search)
         if (index or coll.spec, dims or coll.dims) != (coll.spec, coll.dims) or coll.view is None:
             await self._rebuild(coll, "reconfigure", spec=index, dims=dims)
 

@@ -40,6 +40,7 @@ from service.runtime.index import (
     ivf_lists,
     ivf_min_training,
 )
+from service.runtime.lexical import fts_query
 from service.runtime.store.base import (
     CollectionObserver,
     CollectionSpec,
@@ -146,6 +147,7 @@ class LocalCollection:
         self.dims = model.raw_dims
         self.whitening = WhiteningState(Whitening.identity(model.raw_dims), 0, "identity")
         self.view: IndexView | None = None
+        self.search_defaults: dict[str, Any] = {}
         self.problem: str | None = None
         """Why the index is not in use (searches scan the store exactly meanwhile)."""
         self._repair_at = 0.0
@@ -178,6 +180,8 @@ class LocalCollection:
         txn.set_meta("config", {**spec.index.as_dict(), "dims": spec.dims})
         source = "bundle" if spec.whitening.fitted else "identity"
         txn.set_meta("whitening", WhiteningState(spec.whitening, 0, source).meta())
+        txn.set_meta("lexical", {"analyzer": spec.analyzer})
+        txn.set_meta("search", dict(spec.search))
         txn.set_meta("created_at", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         txn.commit()
         store.close()
@@ -198,9 +202,10 @@ class LocalCollection:
         store = DocStore(path / STORE_FILE)
         try:
             with store.read() as r:
-                model, config, white, snapshot = (
-                    r.meta(k) for k in ("model", "config", "whitening", "snapshot")
+                model, config, white, snapshot, search = (
+                    r.meta(k) for k in ("model", "config", "whitening", "snapshot", "search")
                 )
+                lexical_behind = not store.lexical_meta or r.lexical_count() != store.count
             if model is None or config is None or white is None:
                 raise ValueError(f"{path / STORE_FILE} lacks the collection's metadata")
             transform = Whitening.load(whitening_file(path, white["version"]))
@@ -208,6 +213,9 @@ class LocalCollection:
             coll.whitening = WhiteningState(transform, **white)
             coll.spec = IndexSpec(config["kind"], config["params"])
             coll.dims = int(config["dims"])
+            coll.search_defaults = dict(search or {})
+            if lexical_behind:  # written before the lexical index existed, or out of step
+                coll.reindex_lexical(store.analyzer)
         except BaseException:
             store.close()
             raise
@@ -217,7 +225,34 @@ class LocalCollection:
             coll.degrade(f"index recovery failed: {type(exc).__name__}: {exc}")
         coll._clean_files()
         observer.documents(coll.name, store.count)
+        observer.lexical_terms(coll.name, store.lex_total)
         return coll
+
+    def reindex_lexical(self, analyzer: str) -> None:
+        """Rebuild the lexical index from the stored texts, in one transaction (blocking)."""
+        started = time.perf_counter()
+        txn = self.store.begin()
+        try:
+            done = txn.reindex_lexical(analyzer)
+            txn.commit()
+        except BaseException:
+            txn.rollback()
+            raise
+        self._observer.rebuilt("lexical", time.perf_counter() - started)
+        self._observer.lexical_terms(self.name, self.store.lex_total)
+        log.info(
+            "collection %s: lexical index rebuilt (%s, %d documents)", self.name, analyzer, done
+        )
+
+    def set_search_defaults(self, search: Mapping[str, Any]) -> None:
+        txn = self.store.begin()
+        try:
+            txn.set_meta("search", dict(search))
+            txn.commit()
+        except BaseException:
+            txn.rollback()
+            raise
+        self.search_defaults = dict(search)
 
     def degrade(self, reason: str) -> None:
         """Stop using the index: searches scan the store exactly until a rebuild succeeds."""
@@ -396,6 +431,7 @@ class LocalCollection:
             except Exception as exc:  # noqa: BLE001 - the write is durable; the cache is not
                 self.degrade(f"index update failed: {type(exc).__name__}: {exc}")
         self._observer.documents(self.name, self.store.count)
+        self._observer.lexical_terms(self.name, self.store.lex_total)
         return self.store.count
 
     def rebuild_reason(self) -> str | None:
@@ -448,6 +484,8 @@ class LocalCollection:
             "index": index,
             "whitening": {**self.whitening.meta(), "dims": self.whitening.transform.dims_out},
             "model": dataclasses.asdict(self.model),
+            "lexical": {"analyzer": self.store.analyzer, "terms": self.store.lex_total},
+            "search": dict(self.search_defaults),
             "seq": self.store.seq,
         }
 
@@ -496,6 +534,19 @@ class LocalCollection:
                 fetch = min(total, fetch * 4)
         finally:
             self._observer.searched(view.index.spec.kind, time.perf_counter() - started)
+
+    def lexical(self, query: str, k: int, where: Filter | None) -> list[Hit]:
+        """The k best BM25 matches of the query's analysed terms (FTS5's bm25())."""
+        started = time.perf_counter()
+        try:
+            match = fts_query(self.store.analyzer, query)
+            if match is None:
+                return []
+            with self.store.read() as r:
+                rows = r.lexical(match, k, where)
+            return [Hit(doc, score) for _, doc, score in rows]
+        finally:
+            self._observer.searched("lexical", time.perf_counter() - started)
 
     def _exact(
         self, white: WhiteningState, dims: int, query: FloatArray, k: int, where: Filter | None

@@ -1,16 +1,15 @@
 """The PostgreSQL store: collections in a database that stateless replicas share.
 
 Documents, metadata (jsonb, GIN-indexed for filters), raw pooled vectors (bytea, so refits
-and index changes never re-encode) and whitened vectors (pgvector, HNSW or ivfflat with
-inner product) live in the database; each replica holds only connections and a cache of
-whitening transforms keyed by (collection id, version), which never change once written.
-So a write acknowledged by one replica is visible to every other at once, and there is
-nothing to invalidate.
+and index changes never re-encode), whitened vectors (pgvector, HNSW or ivfflat with inner
+product) and each document's term counts (jsonb, GIN-indexed, for BM25) live in the
+database; each replica holds only connections and a cache of whitening transforms keyed by
+(collection id, version), which never change once written. So a write acknowledged by one
+replica is visible to every other at once, and there is nothing to invalidate.
 
 Concurrency: writers of a collection hold a shared advisory lock on it for their
 transaction, rebuilds (index changes, refits, drops) an exclusive one, so a rebuild never
-misses a write; readers never wait (MVCC). A refit builds the next generation's table aside
-and swaps the catalog's pointer, whitening version and dims in one transaction.
+misses a write; readers never wait (MVCC). See `postgres_writer` and `postgres_rebuild`.
 
 The database going away: every call answers 503 (`store_unavailable`), `/ready` says why
 (a background probe), and the connection pool reconnects by itself when it is back.
@@ -22,16 +21,14 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-import orjson
 
-from service.errors import ConflictError, NotFoundError, ValidationError
-from service.runtime.index import IndexSpec, ivf_lists, ivf_min_training
+from service.errors import NotFoundError, ValidationError
+from service.runtime.index import IndexSpec, ivf_lists
 from service.runtime.store.base import (
     CollectionObserver,
     CollectionSpec,
@@ -47,14 +44,23 @@ from service.runtime.store.base import (
     WhiteningState,
     embed,
 )
+from service.runtime.store.postgres_rebuild import Rebuilder
+from service.runtime.store.postgres_schema import (
+    COLUMNS,
+    STAGING,
+    Row,
+    create_docs_table,
+    docs_table,
+    jsonb,
+    q,
+)
+from service.runtime.store.postgres_search import bm25, nearest
+from service.runtime.store.postgres_writer import PostgresWriter
 from service.runtime.types import FloatArray
 from service.runtime.whitening import Whitening
 
 log = logging.getLogger("simsvc.collections")
 T = TypeVar("T")
-
-STAGING = "simsvc_staging"
-_COLUMNS = "name, id, tbl, generation, model, kind, params, dims, whitening, trained_on, seq, count"
 
 
 @dataclass(frozen=True)
@@ -74,140 +80,6 @@ class PostgresOptions:
     copy_chunk: int = 2048
 
 
-@dataclass(frozen=True)
-class _Row:
-    """One catalog row: a collection as every replica sees it."""
-
-    name: str
-    id: int
-    tbl: str
-    generation: int
-    model: ModelInfo
-    spec: IndexSpec
-    dims: int
-    whitening: int
-    trained_on: int
-    seq: int
-    count: int
-
-    @classmethod
-    def parse(cls, r: Sequence[Any]) -> _Row:
-        name, cid, tbl, gen, model, kind, params, dims, white, trained, seq, count = r
-        return cls(
-            name,
-            int(cid),
-            tbl,
-            int(gen),
-            ModelInfo(**model),
-            IndexSpec(kind, {k: int(v) for k, v in params.items()}),
-            int(dims),
-            int(white),
-            int(trained),
-            int(seq),
-            int(count),
-        )
-
-
-def _jsonb(value: Any) -> Any:
-    from psycopg.types.json import Jsonb
-
-    return Jsonb(value, dumps=lambda v: orjson.dumps(v).decode())
-
-
-def _ident(name: str) -> Any:
-    from psycopg import sql
-
-    return sql.Identifier(name)
-
-
-def _q(template: str, **idents: str) -> Any:
-    """SQL with identifiers (table and index names) quoted into place."""
-    from psycopg import sql
-
-    return sql.SQL(template).format(**{k: sql.Identifier(v) for k, v in idents.items()})
-
-
-class PostgresWriter(StoreWriter):
-    """One write transaction on one connection, under the collection's shared lock."""
-
-    def __init__(self, store: PostgresStore, conn: Any, row: _Row, white: WhiteningState) -> None:
-        self._store = store
-        self._conn = conn
-        self._row = row
-        self._white = white
-        self._ids: set[str] = set()
-        self._changes = 0
-        self._delta = 0
-        self._done = False
-
-    async def upsert(self, docs: Sequence[Document], raw: FloatArray) -> None:
-        for doc in docs:
-            if doc.id in self._ids:
-                raise ValidationError(f"document id {doc.id!r} appears twice in one request")
-            self._ids.add(doc.id)
-        emb = embed(self._white, self._row.dims, raw)
-        raw32 = np.ascontiguousarray(raw, dtype=np.float32)
-        with self._store.errors():
-            async with self._conn.cursor() as cur:
-                async with cur.copy(
-                    f"COPY {STAGING} (id, text, metadata, raw, emb) FROM STDIN (FORMAT BINARY)"
-                ) as copy:
-                    copy.set_types(["text", "text", "jsonb", "bytea", "vector"])
-                    for i, doc in enumerate(docs):
-                        await copy.write_row(
-                            (doc.id, doc.text, _jsonb(doc.metadata), raw32[i].tobytes(), emb[i])
-                        )
-                await cur.execute(
-                    _q(
-                        "WITH up AS (INSERT INTO {t} (id, text, metadata, raw, emb) "
-                        "SELECT id, text, metadata, raw, emb FROM simsvc_staging "
-                        "ON CONFLICT (id) DO UPDATE SET text = EXCLUDED.text, "
-                        "metadata = EXCLUDED.metadata, raw = EXCLUDED.raw, emb = EXCLUDED.emb "
-                        "RETURNING (xmax = 0) AS inserted) "
-                        "SELECT count(*) FILTER (WHERE inserted) FROM up",
-                        t=self._row.tbl,
-                    )
-                )
-                inserted = (await cur.fetchone())[0]
-                await cur.execute(f"DELETE FROM {STAGING}")
-        self._delta += int(inserted)
-        self._changes += len(docs)
-
-    async def delete(self, doc_id: str) -> bool:
-        with self._store.errors():
-            cur = await self._conn.execute(
-                _q("DELETE FROM {t} WHERE id = %s", t=self._row.tbl), (doc_id,)
-            )
-        found = bool(cur.rowcount > 0)
-        self._delta -= int(found)
-        self._changes += int(found)
-        return found
-
-    async def commit(self) -> int:
-        try:
-            with self._store.errors():
-                cur = await self._conn.execute(
-                    "UPDATE simsvc_collections SET seq = seq + %s, count = count + %s "
-                    "WHERE id = %s RETURNING count",
-                    (self._changes, self._delta, self._row.id),
-                )
-                count = int((await cur.fetchone())[0])
-                await self._conn.execute("COMMIT")
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-        await self._store.release(self._conn)
-        self._store.observer.documents(self._row.name, count)
-        await self._store.maintain(self._row.name, count)
-        return count
-
-    def abort(self) -> None:
-        if not self._done:
-            self._done = True
-            self._store.spawn(self._store.release(self._conn, rollback=True))
-
-
 class PostgresStore(CollectionStore):
     """Collections in PostgreSQL + pgvector."""
 
@@ -221,7 +93,7 @@ class PostgresStore(CollectionStore):
         self._whitenings: dict[tuple[int, int], WhiteningState] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._health: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        self._rebuilder = Rebuilder(self)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -268,7 +140,6 @@ class PostgresStore(CollectionStore):
         await pool.open(wait=False)
         self._pool = pool
         self._problem = None
-        self._ready.set()
         log.info("postgres store ready (schema version %d)", version)
 
     def _connect_timeout(self) -> int:
@@ -282,7 +153,7 @@ class PostgresStore(CollectionStore):
         await conn.execute("SELECT set_config('statement_timeout', %s, false)", (ms,))
         await conn.execute(
             f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} (id text, text text, metadata jsonb, "
-            "raw bytea, emb vector) ON COMMIT DELETE ROWS"
+            "raw bytea, emb vector, tf jsonb, lex_len integer) ON COMMIT DELETE ROWS"
         )
 
     async def _probe(self) -> None:
@@ -345,7 +216,7 @@ class PostgresStore(CollectionStore):
         except psycopg.DataError as exc:
             raise ValidationError(f"the database refused the data: {exc}") from exc
 
-    def _need_pool(self) -> Any:
+    def need_pool(self) -> Any:
         if self._pool is None:
             raise StoreUnavailableError(f"the store is not ready: {self._problem}")
         return self._pool
@@ -361,18 +232,25 @@ class PostgresStore(CollectionStore):
             if self._pool is not None:
                 await self._pool.putconn(conn)
 
-    # -- reads ---------------------------------------------------------------------------
+    # -- the catalog ---------------------------------------------------------------------
 
-    async def _row(self, conn: Any, name: str, lock: str = "") -> _Row:
+    @staticmethod
+    async def set_local(conn: Any, key: str, value: object) -> None:
+        """A setting for the rest of the transaction."""
+        await conn.execute("SELECT set_config(%s, %s, true)", (key, str(value)))
+
+    async def row(self, conn: Any, name: str, lock: str = "") -> Row:
+        """A collection's catalog row (`lock`: e.g. FOR UPDATE)."""
         cur = await conn.execute(
-            f"SELECT {_COLUMNS} FROM simsvc_collections WHERE name = %s {lock}", (name,)
+            f"SELECT {COLUMNS} FROM simsvc_collections WHERE name = %s {lock}", (name,)
         )
-        row = await cur.fetchone()
-        if row is None:
+        found = await cur.fetchone()
+        if found is None:
             raise NotFoundError(f"no collection named {name!r}")
-        return _Row.parse(row)
+        return Row.parse(found)
 
-    async def _whitening(self, conn: Any, cid: int, version: int) -> WhiteningState:
+    async def whitening(self, conn: Any, cid: int, version: int) -> WhiteningState:
+        """A whitening version (cached: a version never changes once written)."""
         key = (cid, version)
         state = self._whitenings.get(key)
         if state is None:
@@ -381,10 +259,10 @@ class PostgresStore(CollectionStore):
                 "WHERE collection = %s AND version = %s",
                 key,
             )
-            row = await cur.fetchone()
-            if row is None:
+            found = await cur.fetchone()
+            if found is None:
                 raise NotFoundError(f"collection {cid} has no whitening version {version}")
-            source, documents, dims_in, dims_out, mu, w = row
+            source, documents, dims_in, dims_out, mu, w = found
             if w is None:
                 transform = Whitening.identity(int(dims_in))
             else:
@@ -397,180 +275,8 @@ class PostgresStore(CollectionStore):
             self._whitenings[key] = state
         return state
 
-    async def _read(self, name: str, fn: Callable[[Any, _Row], Awaitable[T]]) -> T:
-        """Run `fn` in a read-only snapshot; once more if a rebuild swapped the table away."""
-        import psycopg
-
-        pool = self._need_pool()
-        for attempt in range(3):
-            try:
-                with self.errors():
-                    async with pool.connection() as conn, conn.transaction():
-                        await conn.execute(
-                            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
-                        )
-                        return await fn(conn, await self._row(conn, name))
-            except psycopg.errors.UndefinedTable:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def names(self) -> list[str]:
-        pool = self._need_pool()
-        with self.errors():
-            async with pool.connection() as conn:
-                cur = await conn.execute("SELECT name FROM simsvc_collections ORDER BY name")
-                return [r[0] for r in await cur.fetchall()]
-
-    async def model(self, name: str) -> ModelInfo:
-        async def read(conn: Any, row: _Row) -> ModelInfo:
-            return row.model
-
-        return await self._read(name, read)
-
-    async def index_spec(self, name: str) -> tuple[IndexSpec, int]:
-        async def read(conn: Any, row: _Row) -> tuple[IndexSpec, int]:
-            return row.spec, row.dims
-
-        return await self._read(name, read)
-
-    async def info(self, name: str) -> dict[str, Any]:
-        async def read(conn: Any, row: _Row) -> dict[str, Any]:
-            white = await self._whitening(conn, row.id, row.whitening)
-            index: dict[str, Any] = {**row.spec.as_dict(), "vectors": row.count}
-            if row.spec.kind == "ivf":
-                index["trained_on"] = row.trained_on
-                index["lists"] = ivf_lists(row.spec, row.trained_on) if row.trained_on else 0
-            return {
-                "name": row.name,
-                "count": row.count,
-                "dims": row.dims,
-                "index": index,
-                "whitening": {**white.meta(), "dims": white.transform.dims_out},
-                "model": {
-                    "model": row.model.model,
-                    "pooling": row.model.pooling,
-                    "raw_dims": row.model.raw_dims,
-                },
-                "seq": row.seq,
-            }
-
-        return await self._read(name, read)
-
-    async def ids(self, name: str) -> set[str]:
-        """Every document id of a collection (bulk indexing resumes by them)."""
-
-        async def read(conn: Any, row: _Row) -> set[str]:
-            cur = await conn.execute(_q("SELECT id FROM {t}", t=row.tbl))
-            return {r[0] for r in await cur.fetchall()}
-
-        return await self._read(name, read)
-
-    async def get(self, name: str, doc_id: str) -> Document | None:
-        async def read(conn: Any, row: _Row) -> Document | None:
-            cur = await conn.execute(
-                _q("SELECT text, metadata FROM {t} WHERE id = %s", t=row.tbl), (doc_id,)
-            )
-            found = await cur.fetchone()
-            return None if found is None else Document(doc_id, found[0], found[1])
-
-        return await self._read(name, read)
-
-    async def search(self, name: str, raw: FloatArray, k: int, where: Filter | None) -> list[Hit]:
-        started = time.perf_counter()
-        kind = "flat"
-
-        async def read(conn: Any, row: _Row) -> list[Hit]:
-            nonlocal kind
-            kind = row.spec.kind
-            white = await self._whitening(conn, row.id, row.whitening)
-            query = embed(white, row.dims, raw)[0]
-            params = row.spec.params
-            approximate = row.spec.kind == "hnsw" or (row.spec.kind == "ivf" and row.trained_on)
-            if row.spec.kind == "hnsw":
-                await self._set(conn, "hnsw.ef_search", max(params["ef_search"], k))
-                await self._set(conn, "hnsw.iterative_scan", "relaxed_order")
-            elif approximate:
-                lists = ivf_lists(row.spec, row.trained_on)
-                await self._set(conn, "ivfflat.probes", min(params["nprobe"], lists))
-                await self._set(conn, "ivfflat.iterative_scan", "relaxed_order")
-            hits = await self._nearest(conn, row.tbl, query, k, where)
-            if approximate and len(hits) < min(k, row.count):
-                # The approximate scan ran dry (a selective filter): scan exactly.
-                await self._set(conn, "enable_indexscan", "off")
-                hits = await self._nearest(conn, row.tbl, query, k, where)
-            return hits
-
-        try:
-            return await self._read(name, read)
-        finally:
-            self.observer.searched(kind, time.perf_counter() - started)
-
     @staticmethod
-    async def _set(conn: Any, key: str, value: object) -> None:
-        await conn.execute("SELECT set_config(%s, %s, true)", (key, str(value)))
-
-    @staticmethod
-    async def _nearest(
-        conn: Any, tbl: str, query: FloatArray, k: int, where: Filter | None
-    ) -> list[Hit]:
-        cond = "WHERE metadata @> %(f)s" if where else ""
-        cur = await conn.execute(
-            _q(
-                f"SELECT id, text, metadata, -(emb <#> %(q)s) FROM {{t}} {cond} "
-                "ORDER BY emb <#> %(q)s LIMIT %(k)s",
-                t=tbl,
-            ),
-            {"q": query, "k": k, "f": _jsonb(dict(where or {}))},
-        )
-        rows = await cur.fetchall()
-        hits = [Hit(Document(r[0], r[1], r[2]), float(r[3])) for r in rows]
-        hits.sort(key=lambda h: -h.score)  # iterative scans may return them slightly out of order
-        return hits
-
-    # -- writes --------------------------------------------------------------------------
-
-    async def create(self, name: str, spec: CollectionSpec) -> bool:
-        from service.runtime.store.postgres_schema import create_docs_table, docs_table
-
-        pool = self._need_pool()
-        with self.errors():
-            async with pool.connection() as conn, conn.transaction():
-                cur = await conn.execute(
-                    "INSERT INTO simsvc_collections (name, tbl, model, kind, params, dims) "
-                    "VALUES (%s, '', %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id",
-                    (
-                        name,
-                        _jsonb(
-                            {
-                                "model": spec.model.model,
-                                "pooling": spec.model.pooling,
-                                "raw_dims": spec.model.raw_dims,
-                            }
-                        ),
-                        spec.index.kind,
-                        _jsonb(dict(spec.index.params)),
-                        spec.dims,
-                    ),
-                )
-                created = await cur.fetchone()
-                if created is None:
-                    return False
-                cid = int(created[0])
-                tbl = docs_table(cid, 0)
-                await conn.execute(create_docs_table(tbl, spec.dims))
-                await conn.execute(
-                    "UPDATE simsvc_collections SET tbl = %s WHERE id = %s", (tbl, cid)
-                )
-                source = "bundle" if spec.whitening.fitted else "identity"
-                await self._insert_whitening(conn, cid, WhiteningState(spec.whitening, 0, source))
-                if spec.index.kind == "hnsw":
-                    await self._create_index(conn, tbl, spec.index, 0)
-        log.info("collection %s created (%s, %d dims)", name, spec.index.kind, spec.dims)
-        return True
-
-    @staticmethod
-    async def _insert_whitening(conn: Any, cid: int, state: WhiteningState) -> None:
+    async def insert_whitening(conn: Any, cid: int, state: WhiteningState) -> None:
         t = state.transform
         await conn.execute(
             "INSERT INTO simsvc_whitenings (collection, version, source, documents, dims_in, "
@@ -587,35 +293,203 @@ class PostgresStore(CollectionStore):
             ),
         )
 
-    async def drop(self, name: str, *, if_empty: bool = False) -> bool:
-        pool = self._need_pool()
+    # -- reads ---------------------------------------------------------------------------
+
+    async def _read(self, name: str, fn: Callable[[Any, Row], Awaitable[T]]) -> T:
+        """Run `fn` in a read-only snapshot; again if a rebuild swapped the table away."""
+        import psycopg
+
+        pool = self.need_pool()
+        for attempt in range(3):
+            try:
+                with self.errors():
+                    async with pool.connection() as conn, conn.transaction():
+                        await conn.execute(
+                            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+                        )
+                        return await fn(conn, await self.row(conn, name))
+            except psycopg.errors.UndefinedTable:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def names(self) -> list[str]:
+        pool = self.need_pool()
+        with self.errors():
+            async with pool.connection() as conn:
+                cur = await conn.execute("SELECT name FROM simsvc_collections ORDER BY name")
+                return [r[0] for r in await cur.fetchall()]
+
+    async def model(self, name: str) -> ModelInfo:
+        async def read(conn: Any, row: Row) -> ModelInfo:
+            return row.model
+
+        return await self._read(name, read)
+
+    async def index_spec(self, name: str) -> tuple[IndexSpec, int]:
+        async def read(conn: Any, row: Row) -> tuple[IndexSpec, int]:
+            return row.spec, row.dims
+
+        return await self._read(name, read)
+
+    async def info(self, name: str) -> dict[str, Any]:
+        async def read(conn: Any, row: Row) -> dict[str, Any]:
+            white = await self.whitening(conn, row.id, row.whitening)
+            index: dict[str, Any] = {**row.spec.as_dict(), "vectors": row.count}
+            if row.spec.kind == "ivf":
+                index["trained_on"] = row.trained_on
+                index["lists"] = ivf_lists(row.spec, row.trained_on) if row.trained_on else 0
+            return {
+                "name": row.name,
+                "count": row.count,
+                "dims": row.dims,
+                "index": index,
+                "whitening": {**white.meta(), "dims": white.transform.dims_out},
+                "model": {
+                    "model": row.model.model,
+                    "pooling": row.model.pooling,
+                    "raw_dims": row.model.raw_dims,
+                },
+                "lexical": {"analyzer": row.analyzer, "terms": row.lex_total},
+                "search": dict(row.search),
+                "seq": row.seq,
+            }
+
+        return await self._read(name, read)
+
+    async def ids(self, name: str) -> set[str]:
+        """Every document id of a collection (bulk indexing resumes by them)."""
+
+        async def read(conn: Any, row: Row) -> set[str]:
+            cur = await conn.execute(q("SELECT id FROM {t}", t=row.tbl))
+            return {r[0] for r in await cur.fetchall()}
+
+        return await self._read(name, read)
+
+    async def get(self, name: str, doc_id: str) -> Document | None:
+        async def read(conn: Any, row: Row) -> Document | None:
+            cur = await conn.execute(
+                q("SELECT text, metadata FROM {t} WHERE id = %s", t=row.tbl), (doc_id,)
+            )
+            found = await cur.fetchone()
+            return None if found is None else Document(doc_id, found[0], found[1])
+
+        return await self._read(name, read)
+
+    async def search(self, name: str, raw: FloatArray, k: int, where: Filter | None) -> list[Hit]:
+        started = time.perf_counter()
+        kind = "flat"
+
+        async def read(conn: Any, row: Row) -> list[Hit]:
+            nonlocal kind
+            kind = row.spec.kind
+            white = await self.whitening(conn, row.id, row.whitening)
+            query = embed(white, row.dims, raw)[0]
+            params = row.spec.params
+            approximate = row.spec.kind == "hnsw" or (row.spec.kind == "ivf" and row.trained_on)
+            if row.spec.kind == "hnsw":
+                await self.set_local(conn, "hnsw.ef_search", max(params["ef_search"], k))
+                await self.set_local(conn, "hnsw.iterative_scan", "relaxed_order")
+            elif approximate:
+                lists = ivf_lists(row.spec, row.trained_on)
+                await self.set_local(conn, "ivfflat.probes", min(params["nprobe"], lists))
+                await self.set_local(conn, "ivfflat.iterative_scan", "relaxed_order")
+            hits = await nearest(conn, row.tbl, query, k, where)
+            if approximate and len(hits) < min(k, row.count):
+                # The approximate scan ran dry (a selective filter): scan exactly.
+                await self.set_local(conn, "enable_indexscan", "off")
+                hits = await nearest(conn, row.tbl, query, k, where)
+            return hits
+
+        try:
+            return await self._read(name, read)
+        finally:
+            self.observer.searched(kind, time.perf_counter() - started)
+
+    async def lexical(self, name: str, query: str, k: int, where: Filter | None) -> list[Hit]:
+        started = time.perf_counter()
+
+        async def read(conn: Any, row: Row) -> list[Hit]:
+            return await bm25(conn, row, query, k, where)
+
+        try:
+            return await self._read(name, read)
+        finally:
+            self.observer.searched("lexical", time.perf_counter() - started)
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def create(self, name: str, spec: CollectionSpec) -> bool:
+        pool = self.need_pool()
         with self.errors():
             async with pool.connection() as conn, conn.transaction():
-                await self._set(conn, "statement_timeout", self._maintenance_ms())
-                row = await self._row(conn, name)
+                model = spec.model
+                cur = await conn.execute(
+                    "INSERT INTO simsvc_collections (name, tbl, model, kind, params, dims, "
+                    "analyzer, search) VALUES (%s, '', %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (name) DO NOTHING RETURNING id",
+                    (
+                        name,
+                        jsonb(
+                            {
+                                "model": model.model,
+                                "pooling": model.pooling,
+                                "raw_dims": model.raw_dims,
+                            }
+                        ),
+                        spec.index.kind,
+                        jsonb(dict(spec.index.params)),
+                        spec.dims,
+                        spec.analyzer,
+                        jsonb(dict(spec.search)),
+                    ),
+                )
+                created = await cur.fetchone()
+                if created is None:
+                    return False
+                cid = int(created[0])
+                tbl = docs_table(cid, 0)
+                await conn.execute(create_docs_table(tbl, spec.dims))
+                await conn.execute(
+                    "UPDATE simsvc_collections SET tbl = %s WHERE id = %s", (tbl, cid)
+                )
+                source = "bundle" if spec.whitening.fitted else "identity"
+                await self.insert_whitening(conn, cid, WhiteningState(spec.whitening, 0, source))
+                if spec.index.kind == "hnsw":
+                    await self._rebuilder.create_index(conn, tbl, spec.index, 0)
+        log.info("collection %s created (%s, %d dims)", name, spec.index.kind, spec.dims)
+        return True
+
+    async def drop(self, name: str, *, if_empty: bool = False) -> bool:
+        pool = self.need_pool()
+        with self.errors():
+            async with pool.connection() as conn, conn.transaction():
+                ms = str(round(self.options.maintenance_timeout_s * 1000))
+                await self.set_local(conn, "statement_timeout", ms)
+                row = await self.row(conn, name)
                 # The exclusive lock first, the row after: a writer holds its shared lock
                 # and takes the row at commit, so the other order could deadlock.
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (row.id,))
-                row = await self._row(conn, name, "FOR UPDATE")
+                row = await self.row(conn, name, "FOR UPDATE")
                 if if_empty and row.count:
                     return False
                 await conn.execute("DELETE FROM simsvc_collections WHERE id = %s", (row.id,))
-                await conn.execute(_q("DROP TABLE IF EXISTS {t}", t=row.tbl))
+                await conn.execute(q("DROP TABLE IF EXISTS {t}", t=row.tbl))
         self.observer.forget(name)
         log.info("collection %s deleted", name)
         return True
 
     async def begin(self, name: str) -> StoreWriter:
-        pool = self._need_pool()
+        pool = self.need_pool()
         with self.errors():
             conn = await pool.getconn()
         try:
             with self.errors():
                 await conn.execute("BEGIN")
-                row = await self._row(conn, name)
+                row = await self.row(conn, name)
                 await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (row.id,))
-                row = await self._row(conn, name)  # as of now: a rebuild may have just ended
-                white = await self._whitening(conn, row.id, row.whitening)
+                row = await self.row(conn, name)  # as of now: a rebuild may have just ended
+                white = await self.whitening(conn, row.id, row.whitening)
         except BaseException:
             await self.release(conn, rollback=True)
             raise
@@ -623,171 +497,20 @@ class PostgresStore(CollectionStore):
 
     # -- rebuilds ------------------------------------------------------------------------
 
-    def _maintenance_ms(self) -> str:
-        return str(round(self.options.maintenance_timeout_s * 1000))
-
     async def maintain(self, name: str, count: int) -> None:
-        """After a write: train (or retrain) an ivf index once the collection is big enough.
-
-        The write is durable already, so a failure is logged, not answered."""
-        try:
-            spec, _ = await self.index_spec(name)
-            if spec.kind != "ivf":
-                return
-            info = await self.info(name)
-            trained = int(info["index"]["trained_on"])
-            need = ivf_min_training(spec, self.options.ivf_min_documents)
-            if count >= max(need, self.options.ivf_retrain_growth * trained):
-                await self._rebuild(name, "train", spec=spec, force_index=True)
-        except Exception as exc:  # noqa: BLE001 - the write stands; the next one retries
-            log.error("collection %s: ivf training failed: %s", name, exc)
+        await self._rebuilder.maintain(name, count)
 
     async def configure(
-        self, name: str, index: IndexSpec | None = None, dims: int | None = None
-    ) -> None:
-        await self._rebuild(name, "reconfigure", spec=index, dims=dims)
-
-    async def refit(self, name: str, fitter: WhiteningFitter) -> None:
-        await self._rebuild(name, "refit", fitter=fitter)
-
-    async def _create_index(self, conn: Any, tbl: str, spec: IndexSpec, count: int) -> int:
-        """The spec's vector index on `tbl` (none for flat, nor for a too-small ivf); the
-        number of documents an ivf index was trained on."""
-        from service.runtime.store.postgres_schema import create_vector_index
-
-        if spec.kind == "flat":
-            return 0
-        if spec.kind == "ivf":
-            if count < ivf_min_training(spec, self.options.ivf_min_documents):
-                return 0
-            await conn.execute(
-                create_vector_index(tbl, "ivf", dict(spec.params), ivf_lists(spec, count))
-            )
-            return count
-        await conn.execute(create_vector_index(tbl, "hnsw", dict(spec.params), 0))
-        return 0
-
-    async def _rebuild(
         self,
         name: str,
-        reason: str,
-        *,
-        spec: IndexSpec | None = None,
+        index: IndexSpec | None = None,
         dims: int | None = None,
-        fitter: WhiteningFitter | None = None,
-        force_index: bool = False,
+        analyzer: str | None = None,
+        search: Mapping[str, Any] | None = None,
     ) -> None:
-        """Change the index, the dims or the whitening in one transaction, writes held off."""
-        from service.runtime.store.postgres_schema import (
-            create_docs_table,
-            docs_table,
-            drop_vector_index,
+        await self._rebuilder.rebuild(
+            name, "reconfigure", spec=index, dims=dims, analyzer=analyzer, search=search
         )
 
-        pool = self._need_pool()
-        started = time.perf_counter()
-        with self.errors():
-            async with pool.connection() as conn, conn.transaction():
-                await self._set(conn, "statement_timeout", self._maintenance_ms())
-                row = await self._row(conn, name)
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (row.id,))
-                row = await self._row(conn, name, "FOR UPDATE")
-                new_spec, new_dims = spec or row.spec, dims or row.dims
-                white = await self._whitening(conn, row.id, row.whitening)
-                if fitter is not None:
-                    cur = await conn.execute(
-                        "SELECT max(version) FROM simsvc_whitenings WHERE collection = %s",
-                        (row.id,),
-                    )
-                    version = int((await cur.fetchone())[0]) + 1
-                    original = await self._whitening(conn, row.id, 0)
-                    white = await asyncio.to_thread(
-                        fitter, self._raw_chunks(row.tbl), original.transform, version
-                    )
-                    if new_dims > white.transform.dims_out:
-                        raise ConflictError(
-                            f"collection {name!r} has {new_dims} dims; the {white.source} "
-                            f"whitening yields {white.transform.dims_out}: lower dims first"
-                        )
-                    await self._insert_whitening(conn, row.id, white)
-                    self._whitenings[(row.id, version)] = white
-                tbl, gen, trained = row.tbl, row.generation, row.trained_on
-                if fitter is not None or new_dims != row.dims:
-                    gen = row.generation + 1
-                    tbl = docs_table(row.id, gen)
-                    await conn.execute(create_docs_table(tbl, new_dims))
-                    await self._copy_rewhitened(conn, row.tbl, tbl, white, new_dims)
-                    trained = await self._create_index(conn, tbl, new_spec, row.count)
-                    await conn.execute(_q("DROP TABLE {t}", t=row.tbl))
-                elif force_index or self._index_changed(row.spec, new_spec):
-                    await conn.execute(drop_vector_index(tbl))
-                    trained = await self._create_index(conn, tbl, new_spec, row.count)
-                await conn.execute(
-                    "UPDATE simsvc_collections SET tbl = %s, generation = %s, kind = %s, "
-                    "params = %s, dims = %s, whitening = %s, trained_on = %s, seq = seq + 1 "
-                    "WHERE id = %s",
-                    (
-                        tbl,
-                        gen,
-                        new_spec.kind,
-                        _jsonb(dict(new_spec.params)),
-                        new_dims,
-                        white.version,
-                        trained,
-                        row.id,
-                    ),
-                )
-        seconds = time.perf_counter() - started
-        self.observer.rebuilt(reason, seconds)
-        log.info("collection %s: rebuilt (%s) in %.2fs", name, reason, seconds)
-
-    @staticmethod
-    def _index_changed(old: IndexSpec, new: IndexSpec) -> bool:
-        """Whether the index must be built again (query-time parameters need not)."""
-        if old.kind != new.kind:
-            return True
-        build = {"hnsw": ("m", "ef_construction"), "ivf": ("nlist",), "flat": ()}[new.kind]
-        return any(old.params[p] != new.params[p] for p in build)
-
-    async def _copy_rewhitened(
-        self, conn: Any, old: str, new: str, white: WhiteningState, dims: int
-    ) -> None:
-        """Every row of `old` into `new`, its whitened vector made again from the raw one."""
-        chunk = self.options.copy_chunk
-        cursor_name = f"simsvc_copy_{uuid.uuid4().hex[:8]}"
-        async with conn.cursor(name=cursor_name) as src:
-            await src.execute(_q("SELECT id, text, metadata, raw FROM {t}", t=old))
-            while rows := await src.fetchmany(chunk):
-                raw = np.frombuffer(b"".join(r[3] for r in rows), dtype=np.float32)
-                emb = embed(white, dims, raw.reshape(len(rows), -1))
-                async with (
-                    conn.cursor() as dst,
-                    dst.copy(
-                        _q(
-                            "COPY {t} (id, text, metadata, raw, emb) FROM STDIN (FORMAT BINARY)",
-                            t=new,
-                        )
-                    ) as copy,
-                ):
-                    copy.set_types(["text", "text", "jsonb", "bytea", "vector"])
-                    for i, r in enumerate(rows):
-                        await copy.write_row((r[0], r[1], _jsonb(r[2]), r[3], emb[i]))
-
-    def _raw_chunks(self, tbl: str) -> Callable[[], Iterator[FloatArray]]:
-        """Raw vectors of a table, chunk by chunk, on a connection of its own (the fitter
-        runs in a worker thread; the rebuild's lock keeps the table still meanwhile)."""
-        url, chunk = self.options.url, self.options.copy_chunk
-
-        def chunks() -> Iterator[FloatArray]:
-            import psycopg
-
-            with (
-                psycopg.connect(url, connect_timeout=self._connect_timeout()) as conn,
-                conn.cursor(name="simsvc_fit") as cur,
-            ):
-                cur.execute(_q("SELECT raw FROM {t}", t=tbl))
-                while rows := cur.fetchmany(chunk):
-                    flat = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.float32)
-                    yield flat.reshape(len(rows), -1)
-
-        return chunks
+    async def refit(self, name: str, fitter: WhiteningFitter) -> None:
+        await self._rebuilder.rebuild(name, "refit", fitter=fitter)
