@@ -243,11 +243,14 @@ def search(
     mode: str | None = None,
     rerank: int = 0,
     explain: bool = False,
+    fusion: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Search a collection (mode None: the collection's default)."""
     body: dict[str, Any] = {"query": query, "k": k, "filter": dict(where or {})}
     if mode:
         body["mode"] = mode
+    if fusion:
+        body["fusion"] = dict(fusion)
     if rerank:
         body["rerank"] = {"candidates": rerank}
     if explain:
@@ -292,6 +295,7 @@ def evaluate_retrieval(
     progress: IO[str] | None = None,
     mode: str | None = None,
     rerank: int = 0,
+    fusion: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """nDCG@ndcg_k, recall@recall_k and MRR@ndcg_k over the judged queries, and end-to-end
     queries/s, in one search mode (None: the collection's default)."""
@@ -303,7 +307,7 @@ def evaluate_retrieval(
     k = max(ndcg_k, recall_k)
 
     def run(qid: str) -> list[str]:
-        hits = search(client, collection, queries[qid], k, mode=mode, rerank=rerank)
+        hits = search(client, collection, queries[qid], k, mode=mode, rerank=rerank, fusion=fusion)
         return [hit["id"] for hit in hits]
 
     started = time.perf_counter()
