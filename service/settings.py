@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.runtime.lexical import AnalyzerName
+
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -153,7 +155,7 @@ class Settings(BaseSettings):
         "retries building it after a write this often",
     )
     index_default_kind: Literal["flat", "hnsw", "ivf"] = "flat"
-    lexical_analyzer: Literal["english", "simple", "cjk_bigram", "jieba"] = Field(
+    lexical_analyzer: AnalyzerName = Field(
         default="english",
         description="the lexical (BM25) index's analyser for new collections: english "
         "(Snowball stemming, stop words), simple, cjk_bigram (Chinese), jieba (Chinese words)",

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.runtime.lexical import AnalyzerName
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -120,10 +122,11 @@ class IndexOptions(_Strict):
 
 
 class LexicalOptions(_Strict):
-    analyzer: Literal["english", "simple", "cjk_bigram", "jieba"] | None = Field(
+    analyzer: AnalyzerName | None = Field(
         default=None,
         description="english: Snowball stemming and stop words; simple: lower-cased words; "
-        "cjk_bigram / jieba: Chinese (character bigrams / words). A change re-analyses the "
+        "cjk_char / cjk_bigram / cjk_uni_bigram / jieba: Chinese (characters / bigrams / "
+        "both / words). A change re-analyses the "
         "stored texts.",
     )
 

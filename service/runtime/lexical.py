@@ -9,10 +9,14 @@ the PostgreSQL store.
   Elasticsearch's `english` analyser removes), Snowball English stemming (PyStemmer).
 - `simple`: lower case Unicode word tokens, nothing removed or stemmed (any language with
   spaces between words).
-- `cjk_bigram`: Chinese, Japanese and Korean runs cut into overlapping character bigrams (a
-  lone character stays a unigram), other runs as `simple` (Lucene's CJKAnalyzer's rule);
-  measured against single characters and jieba words in docs/collections.md.
+- `cjk_char`: Chinese, Japanese and Korean runs cut into single characters, other runs as
+  `simple`.
+- `cjk_bigram`: CJK runs cut into overlapping character bigrams (a lone character stays a
+  unigram), other runs as `simple` (Lucene's CJKAnalyzer's rule).
+- `cjk_uni_bigram`: both, characters and bigrams (CJKBigramFilter's `outputUnigrams`).
 - `jieba`: Chinese word segmentation (jieba's search mode), other runs as `simple`.
+
+The CJK choices are measured against each other in docs/collections.md.
 """
 
 from __future__ import annotations
@@ -22,8 +26,15 @@ from collections.abc import Callable
 from functools import cache
 from typing import Literal
 
-AnalyzerName = Literal["english", "simple", "cjk_bigram", "jieba"]
-ANALYZERS: tuple[AnalyzerName, ...] = ("english", "simple", "cjk_bigram", "jieba")
+AnalyzerName = Literal["english", "simple", "cjk_char", "cjk_bigram", "cjk_uni_bigram", "jieba"]
+ANALYZERS: tuple[AnalyzerName, ...] = (
+    "english",
+    "simple",
+    "cjk_char",
+    "cjk_bigram",
+    "cjk_uni_bigram",
+    "jieba",
+)
 
 ENGLISH_STOP_WORDS = frozenset(
     {
@@ -68,14 +79,27 @@ def _bigrams(run: str) -> list[str]:
     return [run[i : i + 2] for i in range(len(run) - 1)]
 
 
-def _cjk_bigram(text: str) -> list[str]:
+def _cjk(text: str, cut: Callable[[str], list[str]]) -> list[str]:
+    """CJK runs cut by `cut`, other word runs kept whole (as `simple`)."""
     out: list[str] = []
     for token in _TOKEN.findall(text.lower()):
         if _CJK_RUN.fullmatch(token):
-            out += _bigrams(token)
+            out += cut(token)
         elif len(token) <= MAX_TERM_CHARS and token.strip("_"):
             out.append(token)
     return out
+
+
+def _cjk_char(text: str) -> list[str]:
+    return _cjk(text, list)
+
+
+def _cjk_bigram(text: str) -> list[str]:
+    return _cjk(text, _bigrams)
+
+
+def _cjk_uni_bigram(text: str) -> list[str]:
+    return _cjk(text, lambda run: [*run, *_bigrams(run)] if len(run) > 1 else [run])
 
 
 @cache
@@ -94,19 +118,15 @@ def _jieba() -> Callable[[str], list[str]]:
 
 
 def _jieba_words(text: str) -> list[str]:
-    out: list[str] = []
-    for token in _TOKEN.findall(text.lower()):
-        if _CJK_RUN.fullmatch(token):
-            out += _jieba()(token)
-        elif len(token) <= MAX_TERM_CHARS and token.strip("_"):
-            out.append(token)
-    return out
+    return _cjk(text, lambda run: _jieba()(run))
 
 
 _BY_NAME: dict[str, Callable[[str], list[str]]] = {
     "english": _english,
     "simple": _simple,
+    "cjk_char": _cjk_char,
     "cjk_bigram": _cjk_bigram,
+    "cjk_uni_bigram": _cjk_uni_bigram,
     "jieba": _jieba_words,
 }
 
