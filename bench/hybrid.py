@@ -105,6 +105,7 @@ def main() -> int:
         "minilm-256", str(shared / "models" / "all-MiniLM-L6-v2"), max_length=256
     )
     label = args.label or model.name
+    args.data_dir.mkdir(parents=True, exist_ok=True)
     server = Server(model, PORT, args.threads, {"SIMSVC_DATA_DIR": str(args.data_dir)})
     try:
         client = ServiceClient(f"http://127.0.0.1:{PORT}", timeout=600)

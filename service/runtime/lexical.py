@@ -9,8 +9,11 @@ the PostgreSQL store.
   Elasticsearch's `english` analyser removes), Snowball English stemming (PyStemmer).
 - `simple`: lower case Unicode word tokens, nothing removed or stemmed (any language with
   spaces between words).
-- `cjk_char`: Chinese, Japanese and Korean runs cut into single characters, other runs as
-  `simple`.
+
+Both cut Chinese, Japanese and Korean runs (which have no spaces) as `cjk_uni_bigram` does,
+so mixed text works with either; the analysers below differ only in that cut:
+
+- `cjk_char`: CJK runs cut into single characters, other runs as `simple`.
 - `cjk_bigram`: CJK runs cut into overlapping character bigrams (a lone character stays a
   unigram), other runs as `simple` (Lucene's CJKAnalyzer's rule).
 - `cjk_uni_bigram`: both, characters and bigrams (CJKBigramFilter's `outputUnigrams`).
@@ -45,32 +48,19 @@ ENGLISH_STOP_WORDS = frozenset(
 )
 """Lucene's EnglishAnalyzer stop set (33 words)."""
 
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _CJK = (
     "\u3040-\u30ff"  # kana
     "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # CJK ideographs
     "\uac00-\ud7af"  # hangul
 )
 _CJK_RUN = re.compile(f"[{_CJK}]+")
-_TOKEN = re.compile(f"[{_CJK}]+|[^\\W{_CJK}]+", re.UNICODE)
+_TOKEN = re.compile(f"[{_CJK}]+|[^\\W_{_CJK}]+", re.UNICODE)
+"""A run of CJK characters, or a run of other letters and digits (`_` separates words, as
+it does for FTS5's tokenizer)."""
 MAX_TERM_CHARS = 64
 """Longer tokens (base64 blobs, hashes) are dropped: they never match a query anyway."""
 
-
-def _simple(text: str) -> list[str]:
-    return [t for t in _WORD.findall(text.lower()) if len(t) <= MAX_TERM_CHARS]
-
-
-@cache
-def _stemmer() -> Callable[[list[str]], list[str]]:
-    import Stemmer
-
-    stem: Callable[[list[str]], list[str]] = Stemmer.Stemmer("english").stemWords
-    return stem
-
-
-def _english(text: str) -> list[str]:
-    return _stemmer()([t for t in _simple(text) if t not in ENGLISH_STOP_WORDS])
+Cut = Callable[[str], list[str]]
 
 
 def _bigrams(run: str) -> list[str]:
@@ -79,31 +69,39 @@ def _bigrams(run: str) -> list[str]:
     return [run[i : i + 2] for i in range(len(run) - 1)]
 
 
-def _cjk(text: str, cut: Callable[[str], list[str]]) -> list[str]:
-    """CJK runs cut by `cut`, other word runs kept whole (as `simple`)."""
+def _uni_bigrams(run: str) -> list[str]:
+    return [*run, *_bigrams(run)] if len(run) > 1 else [run]
+
+
+def _analyse(text: str, cjk: Cut, word: Callable[[str], str | None]) -> list[str]:
+    """CJK runs cut by `cjk`; other words through `word` (None drops one)."""
     out: list[str] = []
     for token in _TOKEN.findall(text.lower()):
         if _CJK_RUN.fullmatch(token):
-            out += cut(token)
-        elif len(token) <= MAX_TERM_CHARS and token.strip("_"):
-            out.append(token)
+            out += cjk(token)
+        elif len(token) <= MAX_TERM_CHARS and (kept := word(token)):
+            out.append(kept)
     return out
 
 
-def _cjk_char(text: str) -> list[str]:
-    return _cjk(text, list)
+@cache
+def _stem() -> Callable[[str], str]:
+    import Stemmer
+
+    stem: Callable[[str], str] = Stemmer.Stemmer("english").stemWord
+    return stem
 
 
-def _cjk_bigram(text: str) -> list[str]:
-    return _cjk(text, _bigrams)
+def _english_word(word: str) -> str | None:
+    return None if word in ENGLISH_STOP_WORDS else _stem()(word)
 
 
-def _cjk_uni_bigram(text: str) -> list[str]:
-    return _cjk(text, lambda run: [*run, *_bigrams(run)] if len(run) > 1 else [run])
+def _same(word: str) -> str:
+    return word
 
 
 @cache
-def _jieba() -> Callable[[str], list[str]]:
+def _jieba() -> Cut:
     import logging
 
     import jieba
@@ -117,17 +115,13 @@ def _jieba() -> Callable[[str], list[str]]:
     return cut
 
 
-def _jieba_words(text: str) -> list[str]:
-    return _cjk(text, lambda run: _jieba()(run))
-
-
 _BY_NAME: dict[str, Callable[[str], list[str]]] = {
-    "english": _english,
-    "simple": _simple,
-    "cjk_char": _cjk_char,
-    "cjk_bigram": _cjk_bigram,
-    "cjk_uni_bigram": _cjk_uni_bigram,
-    "jieba": _jieba_words,
+    "english": lambda t: _analyse(t, _uni_bigrams, _english_word),
+    "simple": lambda t: _analyse(t, _uni_bigrams, _same),
+    "cjk_char": lambda t: _analyse(t, list, _same),
+    "cjk_bigram": lambda t: _analyse(t, _bigrams, _same),
+    "cjk_uni_bigram": lambda t: _analyse(t, _uni_bigrams, _same),
+    "jieba": lambda t: _analyse(t, lambda run: _jieba()(run), _same),
 }
 
 

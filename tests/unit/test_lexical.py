@@ -27,6 +27,11 @@ def test_simple_keeps_every_word_and_splits_underscores() -> None:
     assert terms("simple", "The cats_are here, 42!") == ["the", "cats", "are", "here", "42"]
 
 
+def test_english_and_simple_cut_chinese_runs_too() -> None:
+    assert terms("english", "Running 机器") == ["run", "机", "器", "机器"]
+    assert terms("simple", "机器学习") == ["机", "器", "学", "习", "机器", "器学", "学习"]
+
+
 def test_cjk_analysers_cut_chinese_runs_and_keep_other_words() -> None:
     text = "机器学习很有趣 with BERT"
     assert terms("cjk_char", text) == ["机", "器", "学", "习", "很", "有", "趣", "with", "bert"]
@@ -45,7 +50,7 @@ def test_overlong_tokens_are_dropped() -> None:
 def test_fts5_reads_back_exactly_the_terms(name: str) -> None:
     """FTS5's unicode61 tokenizer must split our joined terms back into the same terms, or
     FTS5's and PostgreSQL's BM25 would count differently."""
-    text = "Le café est fermé; 机器学习 2024 résumé naïve Straße"
+    text = "Le café est fermé; 机器学习 2024 résumé naïve Straße snake_case_name"
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE VIRTUAL TABLE t USING fts5(x, tokenize='unicode61 remove_diacritics 0')")
     conn.execute("CREATE VIRTUAL TABLE v USING fts5vocab(t, 'instance')")
