@@ -26,9 +26,9 @@ LISTS = ("dense", "lexical")
 class FusionParams:
     """How the two lists are combined (request fields; defaults are settings)."""
 
-    method: FusionMethod = "rrf"
+    method: FusionMethod = "weighted"
     rrf_k: int = 60
-    alpha: float = 0.5
+    alpha: float = 0.4
     """Weight of the dense list: in `weighted` the score mix, in `rrf` the rank weight
     (0.5 weighs both lists equally)."""
     candidates: int = 100

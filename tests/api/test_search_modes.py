@@ -75,7 +75,8 @@ def test_lexical_search_ranks_by_bm25_with_stemming_and_filters(client: TestClie
 
 
 def test_hybrid_fuses_both_lists_and_explains(client: TestClient) -> None:
-    answer = _search(client, query="a dog runs after the ball", k=8, explain=True)
+    rrf = {"method": "rrf", "rrf_k": 60, "alpha": 0.5}
+    answer = _search(client, query="a dog runs after the ball", k=8, explain=True, fusion=rrf)
     assert answer["mode"] == "hybrid"  # the service's default
     top = answer["results"][0]
     assert top["id"] == "dogs"
@@ -107,18 +108,20 @@ def test_search_defaults_are_per_collection_and_reported(client: TestClient) -> 
     info = client.get("/v1/collections/c").json()
     assert info["search"]["mode"] == "hybrid" and info["search"]["overrides"] == {}
     assert info["search"]["fusion"] == {
-        "method": "rrf",
+        "method": "weighted",
         "rrf_k": 60,
-        "alpha": 0.5,
+        "alpha": 0.4,
         "candidates": 100,
     }
     assert info["lexical"]["analyzer"] == "english" and info["lexical"]["terms"] > 0
     put = client.put(
-        "/v1/collections/c", json={"search": {"mode": "lexical", "fusion": {"rrf_k": 10}}}
+        "/v1/collections/c",
+        json={"search": {"mode": "lexical", "fusion": {"method": "rrf", "rrf_k": 10}}},
     )
     assert put.status_code == 200, put.text
     assert put.json()["search"]["mode"] == "lexical"
     assert put.json()["search"]["fusion"]["rrf_k"] == 10
+    assert put.json()["search"]["fusion"]["method"] == "rrf"
     assert _search(client, query="runs")["mode"] == "lexical"
     assert _search(client, query="runs", mode="dense")["mode"] == "dense"
 
