@@ -86,6 +86,12 @@ class ForbiddenError(ServiceError):
     error_type = "forbidden"
 
 
+class NoCrossEncoderError(ServiceError):
+    """A cross-encoder route or mode was asked of a bundle built without one."""
+
+    error_type = "no_cross_encoder"
+
+
 class BundleError(ServiceError):
     """A model bundle is missing files, fails its hashes, or its dims disagree."""
 

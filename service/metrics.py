@@ -154,6 +154,7 @@ class Metrics:
         )
         self._scored = 0
         self._similar = 0
+        self.cross = CrossMetrics(r)
 
     # BatchObserver
     def queue_depth(self, depth: int) -> None:
@@ -197,3 +198,87 @@ class Metrics:
         self._scored += n
         self._similar += s
         self.similar_share.set(self._similar / self._scored if self._scored else 0.0)
+
+
+class CrossMetrics:
+    """The cross-encoder's own stage metrics (`simsvc_cross_*`), beside the bi-encoder's.
+
+    Implements the batcher's observer for the second batcher, and the cross scorer's.
+    """
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.tokenize_seconds = Histogram(
+            "simsvc_cross_tokenize_seconds",
+            "Cross-encoder pair tokenization time per request.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "simsvc_cross_queue_wait_seconds",
+            "Time a request's pairs waited for the cross-encoder.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "simsvc_cross_inference_seconds",
+            "Cross-encoder time per batch.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "simsvc_cross_batch_size",
+            "Pairs per cross-encoder batch.",
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "simsvc_cross_batch_tokens",
+            "Padded tokens per cross-encoder batch.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth_gauge = Gauge(
+            "simsvc_cross_queue_depth", "Pairs accepted and not yet scored.", registry=r
+        )
+        self.queue_capacity = Gauge(
+            "simsvc_cross_queue_capacity",
+            "Pairs the cross-encoder queue accepts before answering 429.",
+            registry=r,
+        )
+        self.tokens = Counter("simsvc_cross_tokens", "Pair tokens scored.", registry=r)
+        self.truncated = Counter(
+            "simsvc_cross_truncated", "Pairs cut to the cross-encoder's max length.", registry=r
+        )
+        self.pairs_scored_total = Counter(
+            "simsvc_cross_pairs_scored", "Pairs scored by the cross-encoder.", registry=r
+        )
+        self.probability = Histogram(
+            "simsvc_cross_probability",
+            "Calibrated cross-encoder probabilities.",
+            buckets=PROBABILITY_BUCKETS,
+            registry=r,
+        )
+
+    # BatchObserver
+    def queue_depth(self, depth: int) -> None:
+        self.queue_depth_gauge.set(depth)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def batch(self, size: int, padded_tokens: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_tokens.observe(padded_tokens)
+        self.inference_seconds.observe(seconds)
+
+    # CrossObserver
+    def tokenized(self, texts: int, tokens: int, truncated: int, seconds: float) -> None:
+        self.tokenize_seconds.observe(seconds)
+        self.tokens.inc(tokens)
+        if truncated:
+            self.truncated.inc(truncated)
+
+    def pairs_scored(self, probabilities: np.ndarray, similar: np.ndarray) -> None:
+        for p in probabilities:
+            self.probability.observe(float(p))
+        self.pairs_scored_total.inc(len(probabilities))

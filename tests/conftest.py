@@ -79,6 +79,47 @@ def tiny_bundle(
     return out
 
 
+CROSS_CARD = {"objective": "cross", "labels": "graded", "max_length": 48, "data": ["train.tsv"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BertForSequenceClassification (one label) with a card.json."""
+    from tests.builders import write_tiny_cross_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-cross")
+    return write_tiny_cross_checkpoint(root / "tiny-cross", seed=1, card=CROSS_CARD)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_bundle(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_checkpoint: Path,
+    tiny_cross_checkpoint: Path,
+    tiny_data: dict[str, Path],
+) -> Path:
+    """The tiny bi-encoder bundle plus the tiny cross-encoder, Platt-calibrated on train."""
+    from models.build import BuildOptions, build_bundle
+
+    out = tmp_path_factory.mktemp("tiny-cross-bundle") / "bundle"
+    build_bundle(
+        BuildOptions(
+            model=str(tiny_checkpoint),
+            out=out,
+            pooling="mean",
+            whiten_on=[tiny_data["corpus"]],
+            head_pairs=tiny_data["train"],
+            max_length=64,
+            eval_on=[tiny_data["dev"]],
+            threads=1,
+            cross_model=str(tiny_cross_checkpoint),
+            cross_calibrate_on=tiny_data["train"],
+        ),
+        say=lambda _m: None,
+    )
+    return out
+
+
 def _reference_bundle(tmp_path_factory: pytest.TempPathFactory, shared: Path, lang: str) -> Path:
     from models.build import BuildOptions, build_bundle
 

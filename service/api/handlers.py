@@ -30,6 +30,7 @@ STATUS_BY_ERROR_TYPE: dict[str, int] = {
     "unauthorized": 401,
     "forbidden": 403,
     "unsupported_media_type": 415,
+    "no_cross_encoder": 424,
     "bad_bundle": 500,
     "internal": 500,
 }
