@@ -10,9 +10,7 @@ returns the logits only.
 
 from __future__ import annotations
 
-import inspect
 import json
-import warnings
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -20,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from models.export_onnx import PARITY_TEXTS, require_build_extra
+from models.export_onnx import (
+    PARITY_TEXTS,
+    forward_kwargs,
+    load_fast_tokenizer,
+    save_runtime_tokenizer,
+    takes_token_types,
+    trace_to_onnx,
+)
 from service.runtime.bundle import CROSS_MODEL_FILE, CROSS_TOKENIZER_FILE, CrossParity
 from service.runtime.cross import LOGITS, OnnxCrossEncoder
 from service.runtime.encoder import Tokenized, pad_batch, pad_type_ids
@@ -69,15 +74,10 @@ def _read_card(model: str) -> dict[str, Any] | None:
 
 def load_cross_checkpoint(model: str) -> LoadedCross:
     """Load a hub id or local sequence-classifier checkpoint in fp32 eval mode."""
-    require_build_extra()
+    tokenizer = load_fast_tokenizer(model)
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForSequenceClassification
 
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError(f"{model}: a fast (Rust) tokenizer is needed; none could be made")
     loaded = AutoModelForSequenceClassification.from_pretrained(
         model, dtype=torch.float32, attn_implementation="eager"
     )
@@ -91,7 +91,7 @@ def load_cross_checkpoint(model: str) -> LoadedCross:
         )
     id2label = getattr(config, "id2label", None) or {}
     labels = [str(id2label.get(i, f"LABEL_{i}")) for i in range(num_labels)]
-    uses_token_types = "token_type_ids" in inspect.signature(loaded.forward).parameters
+    uses_token_types = takes_token_types(loaded)
     segment_ids = uses_token_types and int(getattr(config, "type_vocab_size", 2)) > 1
     max_positions = int(getattr(config, "max_position_embeddings", 512))
     card = _read_card(model)
@@ -129,9 +129,7 @@ def logits_module(ckpt: LoadedCross) -> Any:
             attention_mask: torch.Tensor,
             token_type_ids: torch.Tensor | None = None,
         ) -> torch.Tensor:
-            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if token_type_ids is not None:
-                kwargs["token_type_ids"] = token_type_ids
+            kwargs = forward_kwargs(input_ids, attention_mask, token_type_ids)
             logits: torch.Tensor = self.classifier(**kwargs, return_dict=True).logits
             return logits
 
@@ -140,39 +138,21 @@ def logits_module(ckpt: LoadedCross) -> Any:
 
 def export_cross(ckpt: LoadedCross, out_dir: Path, opset: int = 17) -> list[str]:
     """Write `cross.onnx` and `cross_tokenizer.json` into out_dir; returns the input names."""
-    import torch
-    from tokenizers import Tokenizer
-
-    module = logits_module(ckpt)
-    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if ckpt.uses_token_types else [])
     sample = ckpt.tokenizer(
         ["hello world", "a longer first text of the pair"],
         ["a second text", "b"],
         padding=True,
         return_tensors="pt",
     )
-    args = tuple(
-        sample[name] if name in sample else torch.zeros_like(sample["input_ids"]) for name in inputs
+    inputs = trace_to_onnx(
+        logits_module(ckpt),
+        sample,
+        ckpt.uses_token_types,
+        [LOGITS],
+        out_dir / CROSS_MODEL_FILE,
+        opset,
     )
-    axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
-    axes[LOGITS] = {0: "batch"}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # traced shape checks; parity proves the graph
-        torch.onnx.export(
-            module,
-            args,
-            str(out_dir / CROSS_MODEL_FILE),
-            input_names=inputs,
-            output_names=[LOGITS],
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    runtime_tok = Tokenizer.from_str(ckpt.tokenizer.backend_tokenizer.to_str())
-    runtime_tok.no_padding()
-    runtime_tok.no_truncation()
-    runtime_tok.save(str(out_dir / CROSS_TOKENIZER_FILE))
+    save_runtime_tokenizer(ckpt.tokenizer, out_dir / CROSS_TOKENIZER_FILE)
     return inputs
 
 

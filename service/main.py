@@ -24,7 +24,7 @@ from service.api.routes import collections, embeddings, health, rerank, similari
 from service.api.state import AppState
 from service.errors import BundleError
 from service.metrics import Metrics
-from service.runtime.batching import DynamicBatcher
+from service.runtime.batching import BatchObserver, DynamicBatcher, InferFn
 from service.runtime.bundle import Bundle, load_bundle
 from service.runtime.collections import CollectionLimits, Collections, IndexDefaults
 from service.runtime.cross import CrossCore, CrossScorer, OnnxCrossEncoder
@@ -40,6 +40,27 @@ log = logging.getLogger("simsvc")
 EngineFactory = Callable[[Settings, Metrics], Engine]
 
 
+def _batcher(
+    settings: Settings,
+    infer: InferFn,
+    max_tokens: int,
+    max_size: int,
+    max_queue: int,
+    observer: BatchObserver,
+) -> DynamicBatcher:
+    """A dynamic batcher with the settings' wait, Retry-After and worker count."""
+    return DynamicBatcher(
+        infer,
+        max_batch_tokens=max_tokens,
+        max_batch_size=max_size,
+        max_queue=max_queue,
+        max_wait_s=settings.batch_wait_ms / 1000.0,
+        retry_after=settings.retry_after_seconds,
+        observer=observer,
+        workers=settings.encoder_workers,
+    )
+
+
 def make_engine(
     settings: Settings,
     metrics: Metrics,
@@ -52,15 +73,13 @@ def make_engine(
     cross: CrossScorer | None = None,
 ) -> Engine:
     """Wire an encoder core into a batcher and an engine with the settings' limits."""
-    batcher = DynamicBatcher(
+    batcher = _batcher(
+        settings,
         core.infer,
-        max_batch_tokens=max(settings.max_batch_tokens, core.max_length),
-        max_batch_size=settings.max_batch_size,
-        max_queue=settings.max_queue_texts,
-        max_wait_s=settings.batch_wait_ms / 1000.0,
-        retry_after=settings.retry_after_seconds,
-        observer=metrics,
-        workers=settings.encoder_workers,
+        max(settings.max_batch_tokens, core.max_length),
+        settings.max_batch_size,
+        settings.max_queue_texts,
+        metrics,
     )
     return Engine(
         core,
@@ -90,15 +109,13 @@ def make_cross(
     labels: list[str] | None = None,
 ) -> CrossScorer:
     """Wire a cross-encoder core into its own batcher (a second queue) and a scorer."""
-    batcher = DynamicBatcher(
+    batcher = _batcher(
+        settings,
         core.infer,
-        max_batch_tokens=max(settings.cross_max_batch_tokens, core.max_length),
-        max_batch_size=settings.cross_max_batch_size,
-        max_queue=settings.cross_max_queue_pairs,
-        max_wait_s=settings.batch_wait_ms / 1000.0,
-        retry_after=settings.retry_after_seconds,
-        observer=metrics.cross,
-        workers=settings.encoder_workers,
+        max(settings.cross_max_batch_tokens, core.max_length),
+        settings.cross_max_batch_size,
+        settings.cross_max_queue_pairs,
+        metrics.cross,
     )
     metrics.cross.queue_capacity.set(settings.cross_max_queue_pairs)
     return CrossScorer(
