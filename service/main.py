@@ -199,7 +199,7 @@ def _publish_bundle(metrics: Metrics, bundle: Bundle) -> None:
     )
     if m.whitening.anisotropy_before:
         metrics.anisotropy.labels(stage="raw").set(m.whitening.anisotropy_before["mean_cosine"])
-    if m.whitening.anisotropy_after:
+    if m.whitening.anisotropy_after and m.whitening.fitted:  # not a whitening auto dropped
         metrics.anisotropy.labels(stage="whitened").set(m.whitening.anisotropy_after["mean_cosine"])
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from service.cli import main
 from service.defaults import ensure_default_bundle
@@ -113,7 +115,10 @@ def test_default_model_prefers_env_then_shared_minilm_then_reference(tmp_path: P
 
 
 def test_whiten_auto_drops_a_whitening_that_lowers_dev_spearman(
-    tiny_checkpoint: Path, tiny_data: dict[str, Path], tmp_path: Path
+    tiny_checkpoint: Path,
+    tiny_data: dict[str, Path],
+    tmp_path: Path,
+    make_client: Callable[..., TestClient],
 ) -> None:
     """Kept at full k (it raises the tiny model's dev Spearman); cut to 2 components it
     lowers it, and auto serves the identity instead, saying so in the manifest."""
@@ -147,6 +152,10 @@ def test_whiten_auto_drops_a_whitening_that_lowers_dev_spearman(
     assert cut.dims.output == cut.dims.hidden  # the identity is served, not the 2-dim cut
     served = cut.evaluation["dev.tsv"]["spearman"]
     assert served["whitened_cosine"] == served["raw_cosine"]
+    client = make_client(Settings(bundle=tmp_path / "k2", threads=1))
+    info = client.get("/info").json()["whitening"]
+    assert not info["fitted"] and "--whiten auto dropped" in info["note"]
+    assert info["auto"]["kept"] is False
     with pytest.raises(ValueError, match="--eval-on"):
         build_bundle(
             BuildOptions(

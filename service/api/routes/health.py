@@ -48,7 +48,13 @@ async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
     settings = state.settings
     manifest = state.bundle.manifest if state.bundle else None
     whitening: dict[str, Any] = {"fitted": engine.whitening.fitted, "dims": engine.dims}
-    if not engine.whitening.fitted:
+    auto = manifest.whitening.auto if manifest is not None else None
+    if auto is not None and not auto.kept:
+        whitening["note"] = (
+            "identity transform: --whiten auto dropped the fitted whitening, which lowered "
+            f"the cosine's Spearman on {auto.data}"
+        )
+    elif not engine.whitening.fitted:
         whitening["note"] = "identity transform: the bundle was built without --whiten-on"
     if manifest is not None:
         whitening.update(manifest.whitening.model_dump(exclude={"fitted"}))
