@@ -94,3 +94,41 @@ def test_a_calibration_is_plain_numbers_in_json() -> None:
         text = json.dumps(calibration.to_dict())
         again = Calibration.from_dict(json.loads(text))
         assert np.array_equal(again(raw), calibration(raw))
+
+
+def test_the_engine_scores_pairs_with_its_cross_encoder_without_http() -> None:
+    import asyncio
+
+    from service.errors import NoCrossEncoderError, TooManyTextsError
+    from service.main import make_cross, make_engine
+    from service.metrics import Metrics
+    from service.settings import Settings
+    from tests.fakes import FakeCrossEncoder, FakeEncoder
+
+    settings, metrics = Settings(max_pairs_per_request=3), Metrics()
+    calibration = Calibration("sigmoid", a=2.0, b=1.0)
+    cross = make_cross(
+        settings, metrics, FakeCrossEncoder(), model_name="c", calibration=calibration
+    )
+    engine = make_engine(
+        settings, metrics, FakeEncoder(), model_name="m", pooling="mean", cross=cross
+    )
+    bare = make_engine(settings, metrics, FakeEncoder(), model_name="m", pooling="mean")
+
+    async def run() -> None:
+        engine.start()
+        try:
+            scored = await engine.cross_similarity([("a b", "a b"), ("a b", "c d"), ("x", None)])
+            assert scored.raw.tolist() == pytest.approx([3.0, -3.0, -3.0])
+            assert scored.probabilities == pytest.approx(sigmoid(2.0 * scored.raw + 1.0))
+            assert scored.similar.tolist() == [True, False, False]
+            with pytest.raises(TooManyTextsError):
+                await engine.cross_similarity([("a", "b")] * 4)
+            four = await engine.cross_similarity([("a", "b")] * 4, limit=4)
+            assert len(four.raw) == 4
+        finally:
+            engine.stop()
+        with pytest.raises(NoCrossEncoderError):
+            await bare.cross_similarity([("a", "b")])
+
+    asyncio.run(run())
