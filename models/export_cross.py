@@ -72,6 +72,15 @@ def _read_card(model: str) -> dict[str, Any] | None:
         return None
 
 
+def card_max_length(card: dict[str, Any] | None) -> int | None:
+    """The max length the checkpoint was trained with, as its card records it (top level, or
+    under `hyperparameters` as `simsvc finetune` writes it)."""
+    if not card:
+        return None
+    value = card.get("max_length") or (card.get("hyperparameters") or {}).get("max_length")
+    return int(value) if value else None
+
+
 def load_cross_checkpoint(model: str) -> LoadedCross:
     """Load a hub id or local sequence-classifier checkpoint in fp32 eval mode."""
     tokenizer = load_fast_tokenizer(model)
@@ -96,7 +105,7 @@ def load_cross_checkpoint(model: str) -> LoadedCross:
     max_positions = int(getattr(config, "max_position_embeddings", 512))
     card = _read_card(model)
     tok_max = int(getattr(tokenizer, "model_max_length", 512) or 512)
-    default = int((card or {}).get("max_length") or min(tok_max, 512))
+    default = card_max_length(card) or min(tok_max, 512)
     return LoadedCross(
         model=loaded,
         tokenizer=tokenizer,

@@ -132,3 +132,11 @@ def test_the_engine_scores_pairs_with_its_cross_encoder_without_http() -> None:
             await bare.cross_similarity([("a", "b")])
 
     asyncio.run(run())
+
+
+def test_the_card_s_max_length_is_read_where_finetune_writes_it() -> None:
+    from models.export_cross import card_max_length
+
+    assert card_max_length({"hyperparameters": {"max_length": 128}, "objective": "cross"}) == 128
+    assert card_max_length({"max_length": 64}) == 64
+    assert card_max_length({"objective": "cross"}) is None and card_max_length(None) is None
