@@ -20,7 +20,11 @@ from service.api.schemas import Prediction, PredictRequest, Rank, RerankRequest
 from service.errors import ValidationError
 from service.runtime.cross import Direction, PairInput, softmax
 
-router = APIRouter(tags=["cross-encoder"], dependencies=[ReadScope])
+router = APIRouter(
+    tags=["cross-encoder"],
+    dependencies=[ReadScope],
+    responses={424: {"description": "no_cross_encoder: the bundle was built without one"}},
+)
 
 
 def _direction(value: str) -> Direction:
