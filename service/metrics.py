@@ -54,7 +54,40 @@ REBUILD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800
 PROBABILITY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
-class Metrics:
+class _StageMetrics:
+    """The stage observer methods, shared by the encoder's metrics and the cross-encoder's:
+    both name their objects alike (queue_depth_gauge, queue_wait_seconds, ...)."""
+
+    queue_depth_gauge: Gauge
+    queue_wait_seconds: Histogram
+    inference_seconds: Histogram
+    batch_size: Histogram
+    batch_tokens: Histogram
+    tokenize_seconds: Histogram
+    tokens: Counter
+    truncated: Counter
+
+    # BatchObserver
+    def queue_depth(self, depth: int) -> None:
+        self.queue_depth_gauge.set(depth)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def batch(self, size: int, padded_tokens: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_tokens.observe(padded_tokens)
+        self.inference_seconds.observe(seconds)
+
+    # EngineObserver / CrossObserver
+    def tokenized(self, texts: int, tokens: int, truncated: int, seconds: float) -> None:
+        self.tokenize_seconds.observe(seconds)
+        self.tokens.inc(tokens)
+        if truncated:
+            self.truncated.inc(truncated)
+
+
+class Metrics(_StageMetrics):
     """The service's metrics; implements the batcher's, engine's and collections' observers."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -156,25 +189,6 @@ class Metrics:
         self._similar = 0
         self.cross = CrossMetrics(r)
 
-    # BatchObserver
-    def queue_depth(self, depth: int) -> None:
-        self.queue_depth_gauge.set(depth)
-
-    def queue_wait(self, seconds: float) -> None:
-        self.queue_wait_seconds.observe(seconds)
-
-    def batch(self, size: int, padded_tokens: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.batch_tokens.observe(padded_tokens)
-        self.inference_seconds.observe(seconds)
-
-    # EngineObserver
-    def tokenized(self, texts: int, tokens: int, truncated: int, seconds: float) -> None:
-        self.tokenize_seconds.observe(seconds)
-        self.tokens.inc(tokens)
-        if truncated:
-            self.truncated.inc(truncated)
-
     # CollectionObserver
     def documents(self, collection: str, count: int) -> None:
         self.index_documents.labels(collection=collection).set(count)
@@ -200,7 +214,7 @@ class Metrics:
         self.similar_share.set(self._similar / self._scored if self._scored else 0.0)
 
 
-class CrossMetrics:
+class CrossMetrics(_StageMetrics):
     """The cross-encoder's own stage metrics (`simsvc_cross_*`), beside the bi-encoder's.
 
     Implements the batcher's observer for the second batcher, and the cross scorer's.
@@ -259,25 +273,7 @@ class CrossMetrics:
             registry=r,
         )
 
-    # BatchObserver
-    def queue_depth(self, depth: int) -> None:
-        self.queue_depth_gauge.set(depth)
-
-    def queue_wait(self, seconds: float) -> None:
-        self.queue_wait_seconds.observe(seconds)
-
-    def batch(self, size: int, padded_tokens: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.batch_tokens.observe(padded_tokens)
-        self.inference_seconds.observe(seconds)
-
     # CrossObserver
-    def tokenized(self, texts: int, tokens: int, truncated: int, seconds: float) -> None:
-        self.tokenize_seconds.observe(seconds)
-        self.tokens.inc(tokens)
-        if truncated:
-            self.truncated.inc(truncated)
-
     def pairs_scored(self, probabilities: np.ndarray, similar: np.ndarray) -> None:
         for p in probabilities:
             self.probability.observe(float(p))
