@@ -1,4 +1,5 @@
-"""`simsvc build`: checkpoint -> ONNX (with parity) -> whitening -> pair head -> bundle.
+"""`simsvc build`: checkpoint -> ONNX (with parity) -> whitening -> pair head -> bundle, plus
+an optional cross-encoder part (models/build_cross.py).
 
 The bundle is assembled in a temporary directory beside the target and moved into place
 only when complete, so a failed build never leaves a half-bundle behind.
@@ -17,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from models.build_cross import CrossBuild, CrossOptions, build_cross
 from models.datasets import read_pairs, read_texts
-from models.evaluate import evaluate_pairs
+from models.evaluate import cosine_spearman, encode_pair_set, evaluate_pairs
 from models.export_onnx import PARITY_TEXTS, check_parity, export_onnx, load_checkpoint
 from models.optimize import QUANTIZED_OPS, fuse_graph, quantize_int8
 from service import __version__
@@ -33,6 +35,7 @@ from service.runtime.bundle import (
     Manifest,
     QuantizationInfo,
     SourceInfo,
+    WhiteningChoice,
     WhiteningInfo,
     load_bundle,
     write_manifest,
@@ -56,6 +59,9 @@ class BuildOptions:
     pooling: str = "auto"
     whiten_on: list[Path] = field(default_factory=list)
     whiten_dim: int | None = None
+    whiten: str = "fit"
+    """fit: serve the whitening fitted on `whiten_on`; auto: only if it raises the mean
+    Spearman of the cosine on the `eval_on` pairs."""
     head_pairs: Path | None = None
     head: str = "lr"
     calibration: str | None = None
@@ -67,6 +73,11 @@ class BuildOptions:
     threads: int = 0
     force: bool = False
     parity_min_cosine: float = 0.99999
+    cross_model: str | None = None
+    cross_calibrate_on: Path | None = None
+    cross_calibration: str = "sigmoid"
+    cross_max_length: int | None = None
+    cross_parity_max_diff: float = 1e-4
 
 
 def _texts(files: list[Path]) -> Iterator[str]:
@@ -116,6 +127,69 @@ def agreement(a: OnnxEncoder, b: OnnxEncoder, texts: list[str]) -> dict[str, flo
     return out
 
 
+def choose_whitening(
+    encoder: OnnxEncoder,
+    pooling: str,
+    whitening: Whitening,
+    info: WhiteningInfo,
+    eval_on: list[Path],
+    say: Callable[[str], None],
+) -> tuple[Whitening, WhiteningInfo]:
+    """`--whiten auto`: keep the fitted whitening only if it raises the dev Spearman of the
+    cosine (mean over the eval files); the manifest records both figures and the choice."""
+    figures = []
+    for f in eval_on:
+        pairs = read_pairs(f)
+        raw, ia, ib = encode_pair_set(encoder, pooling, pairs)
+        figures.append(cosine_spearman(raw, whitening, ia, ib, pairs.scores()))
+    mean = {k: round(float(np.mean([f[k] for f in figures])), 2) for k in figures[0]}
+    kept = mean["whitened_cosine"] > mean["raw_cosine"]
+    choice = WhiteningChoice(kept=kept, data=", ".join(f.name for f in eval_on), spearman=mean)
+    say(
+        f"whiten auto: raw cosine {mean['raw_cosine']}, whitened {mean['whitened_cosine']} on "
+        f"{choice.data}: {'kept' if kept else 'dropped (identity served)'}"
+    )
+    if kept:
+        return whitening, info.model_copy(update={"auto": choice})
+    return Whitening.identity(encoder.dims), info.model_copy(
+        update={"fitted": False, "k": None, "auto": choice}
+    )
+
+
+def evaluate_into(
+    manifest: Manifest,
+    bundle: Bundle,
+    eval_on: list[Path],
+    encoders: tuple[OnnxEncoder, OnnxEncoder],
+    cross: CrossBuild | None,
+    say: Callable[[str], None],
+) -> None:
+    """Record dev figures in the manifest; with int8, the fp32 graphs' figures beside them."""
+    encoder, fp32_encoder = encoders
+    quantization = manifest.quantization
+    for f in eval_on:
+        pairs = read_pairs(f)
+        figures = evaluate_pairs(bundle, pairs, encoder, cross=cross.core if cross else None)
+        manifest.evaluation[f.name] = figures
+        say(f"evaluation on {f.name}: {figures['spearman']}")
+        if quantization is None:
+            continue
+        fp32 = evaluate_pairs(
+            bundle, pairs, fp32_encoder, cross=cross.fp32_core if cross else None
+        )["spearman"]
+        say(f"the same with the fp32 graphs: {fp32}")
+        crossed = ("cross_score", "cross_probability")
+        quantization.spearman[f.name] = {
+            "fp32": {k: v for k, v in fp32.items() if k not in crossed},
+            "int8": {k: v for k, v in figures["spearman"].items() if k not in crossed},
+        }
+        if cross is not None and cross.info.quantization is not None:
+            cross.info.quantization.spearman[f.name] = {
+                "fp32": fp32["cross_score"],
+                "int8": figures["spearman"]["cross_score"],
+            }
+
+
 def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> Manifest:
     """Build a complete, verified bundle at `opts.out`."""
     import onnxruntime
@@ -124,6 +198,12 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
 
     if opts.out.exists() and not opts.force:
         raise FileExistsError(f"{opts.out} exists; pass --force to replace it")
+    if opts.whiten not in ("fit", "auto"):
+        raise ValueError(f"--whiten must be fit or auto, got {opts.whiten!r}")
+    if opts.whiten == "auto" and not (opts.whiten_on and opts.eval_on):
+        raise ValueError("--whiten auto needs --whiten-on (to fit) and --eval-on (to judge)")
+    if opts.cross_model is None and opts.cross_calibrate_on is not None:
+        raise ValueError("--cross-calibrate-on needs --cross-model")
     started = time.time()
     say(f"loading {opts.model}")
     ckpt = load_checkpoint(opts.model)
@@ -191,6 +271,10 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
 
         if opts.whiten_on:
             whitening, winfo = fit_whitening(encoder, pooling, opts.whiten_on, opts.whiten_dim, say)
+            if opts.whiten == "auto":
+                whitening, winfo = choose_whitening(
+                    encoder, pooling, whitening, winfo, opts.eval_on, say
+                )
         else:
             if opts.whiten_dim is not None:
                 raise ValueError("--whiten-dim needs --whiten-on")
@@ -234,6 +318,26 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
             )
             say(f"head: C={facts['c']}, cross-validated Spearman {facts['cv_spearman']}")
 
+        cross: CrossBuild | None = None
+        if opts.cross_model is not None:
+            eval_pairs = [(p.a, p.b) for f in opts.eval_on[:1] for p in read_pairs(f).pairs]
+            cross = build_cross(
+                CrossOptions(
+                    model=opts.cross_model,
+                    calibrate_on=opts.cross_calibrate_on,
+                    calibration=opts.cross_calibration,
+                    max_length=opts.cross_max_length,
+                    opset=opts.opset,
+                    optimize=opts.optimize,
+                    quantize=opts.quantize,
+                    threads=opts.threads,
+                    parity_max_diff=opts.cross_parity_max_diff,
+                ),
+                work,
+                say,
+                extra_pairs=eval_pairs[:24],
+            )
+
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             source=SourceInfo(
@@ -254,6 +358,7 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
             parity=parity,
             whitening=winfo,
             head=head_info,
+            cross=cross.info if cross else None,
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             versions={
                 "simsvc": __version__,
@@ -264,18 +369,9 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
         )
         manifest = write_manifest(work, manifest)
         if opts.eval_on:
-            bundle: Bundle = load_bundle(work)
-            for f in opts.eval_on:
-                pairs = read_pairs(f)
-                manifest.evaluation[f.name] = evaluate_pairs(bundle, pairs, encoder)
-                say(f"evaluation on {f.name}: {manifest.evaluation[f.name]['spearman']}")
-                if quantization is not None:
-                    fp32 = evaluate_pairs(bundle, pairs, fp32_encoder)["spearman"]
-                    quantization.spearman[f.name] = {
-                        "fp32": fp32,
-                        "int8": manifest.evaluation[f.name]["spearman"],
-                    }
-                    say(f"the same with the fp32 graph: {fp32}")
+            evaluate_into(
+                manifest, load_bundle(work), opts.eval_on, (encoder, fp32_encoder), cross, say
+            )
             manifest = write_manifest(work, manifest)
         for leftover in work.glob(".*"):
             leftover.unlink()

@@ -98,17 +98,30 @@ def _read_st_config(model: str) -> tuple[str | None, int | None]:
     return pooling, max_len
 
 
-def load_checkpoint(model: str) -> LoadedCheckpoint:
-    """Load a hub id or local checkpoint directory in fp32 eval mode, with its fast tokenizer."""
+def load_fast_tokenizer(model: str) -> Any:
+    """The checkpoint's fast (Rust) tokenizer, the one the runtime reads as tokenizer.json."""
     require_build_extra()
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
     tokenizer = AutoTokenizer.from_pretrained(model)
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError(f"{model}: a fast (Rust) tokenizer is needed; none could be made")
+    return tokenizer
+
+
+def takes_token_types(model: Any) -> bool:
+    """Whether the model's forward takes token_type_ids (BERT does, DistilBERT does not)."""
+    return "token_type_ids" in inspect.signature(model.forward).parameters
+
+
+def load_checkpoint(model: str) -> LoadedCheckpoint:
+    """Load a hub id or local checkpoint directory in fp32 eval mode, with its fast tokenizer."""
+    tokenizer = load_fast_tokenizer(model)
+    import torch
+    from transformers import AutoModel
+
     loaded, info = AutoModel.from_pretrained(
         model, dtype=torch.float32, attn_implementation="eager", output_loading_info=True
     )
@@ -117,7 +130,7 @@ def load_checkpoint(model: str) -> LoadedCheckpoint:
     pooler = getattr(loaded, "pooler", None)
     pooler_trained = pooler is not None and not any("pooler" in k for k in missing)
     config = loaded.config
-    uses_token_types = "token_type_ids" in inspect.signature(loaded.forward).parameters
+    uses_token_types = takes_token_types(loaded)
     st_pooling, st_max = _read_st_config(model)
     return LoadedCheckpoint(
         model=loaded,
@@ -150,12 +163,7 @@ def pooling_module(ckpt: LoadedCheckpoint) -> Any:
             attention_mask: torch.Tensor,
             token_type_ids: torch.Tensor | None = None,
         ) -> tuple[torch.Tensor, ...]:
-            kwargs: dict[str, torch.Tensor] = {
-                "input_ids": input_ids,
-                "attention_mask": attention_mask,
-            }
-            if token_type_ids is not None:
-                kwargs["token_type_ids"] = token_type_ids
+            kwargs = forward_kwargs(input_ids, attention_mask, token_type_ids)
             out = self.encoder(**kwargs, output_hidden_states=True, return_dict=True)
             hidden = out.hidden_states
             last, first = hidden[-1], hidden[1]
@@ -170,21 +178,34 @@ def pooling_module(ckpt: LoadedCheckpoint) -> Any:
     return Pooled().eval()
 
 
-def export_onnx(ckpt: LoadedCheckpoint, out_dir: Path, opset: int = 17) -> list[str]:
-    """Write `model.onnx` and `tokenizer.json` into out_dir; returns the graph's input names."""
-    import torch
-    from tokenizers import Tokenizer
+def forward_kwargs(
+    input_ids: Any, attention_mask: Any, token_type_ids: Any = None
+) -> dict[str, Any]:
+    """The model's keyword inputs; token_type_ids only when the graph has that input."""
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids
+    return kwargs
 
-    module = pooling_module(ckpt)
-    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if ckpt.uses_token_types else [])
-    sample = ckpt.tokenizer(
-        ["hello world", "a second, longer sample sentence"], padding=True, return_tensors="pt"
-    )
+
+def trace_to_onnx(
+    module: Any,
+    sample: Any,
+    uses_token_types: bool,
+    outputs: list[str],
+    path: Path,
+    opset: int,
+) -> list[str]:
+    """Trace `module` on a tokenizer's padded sample into `path` with dynamic batch and
+    sequence axes; returns the graph's input names."""
+    import torch
+
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if uses_token_types else [])
     args = tuple(
         sample[name] if name in sample else torch.zeros_like(sample["input_ids"]) for name in inputs
     )
     axes = {name: {0: "batch", 1: "sequence"} for name in inputs}
-    axes.update({name: {0: "batch"} for name in POOLINGS})
+    axes.update({name: {0: "batch"} for name in outputs})
     # The tracer warns that shape checks in the attention mask become constants; the parity
     # check on batches of other shapes is what proves the graph right.
     with torch.no_grad(), warnings.catch_warnings():
@@ -192,18 +213,41 @@ def export_onnx(ckpt: LoadedCheckpoint, out_dir: Path, opset: int = 17) -> list[
         torch.onnx.export(
             module,
             args,
-            str(out_dir / "model.onnx"),
+            str(path),
             input_names=inputs,
-            output_names=list(POOLINGS),
+            output_names=outputs,
             dynamic_axes=axes,
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
         )
-    runtime_tok = Tokenizer.from_str(ckpt.tokenizer.backend_tokenizer.to_str())
+    return inputs
+
+
+def save_runtime_tokenizer(hf_tokenizer: Any, path: Path) -> None:
+    """The Rust tokenizer the runtime loads, without padding or truncation (set at load)."""
+    from tokenizers import Tokenizer
+
+    runtime_tok = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
     runtime_tok.no_padding()
     runtime_tok.no_truncation()
-    runtime_tok.save(str(out_dir / "tokenizer.json"))
+    runtime_tok.save(str(path))
+
+
+def export_onnx(ckpt: LoadedCheckpoint, out_dir: Path, opset: int = 17) -> list[str]:
+    """Write `model.onnx` and `tokenizer.json` into out_dir; returns the graph's input names."""
+    sample = ckpt.tokenizer(
+        ["hello world", "a second, longer sample sentence"], padding=True, return_tensors="pt"
+    )
+    inputs = trace_to_onnx(
+        pooling_module(ckpt),
+        sample,
+        ckpt.uses_token_types,
+        list(POOLINGS),
+        out_dir / "model.onnx",
+        opset,
+    )
+    save_runtime_tokenizer(ckpt.tokenizer, out_dir / "tokenizer.json")
     return inputs
 
 

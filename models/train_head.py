@@ -71,7 +71,9 @@ def _out_of_fold(
     return decision
 
 
-def _fit_calibration(kind: str, decision: np.ndarray, t: np.ndarray, binary: bool) -> Calibration:
+def fit_calibration(kind: str, decision: np.ndarray, t: np.ndarray, binary: bool) -> Calibration:
+    """Platt ('sigmoid') or isotonic map from decision values to targets in [0, 1] (graded
+    targets as soft labels); used for the head and for the cross-encoder's raw scores."""
     from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
 
@@ -135,7 +137,7 @@ def train_head(
     if calibration == "logistic":
         calib = Calibration("logistic")
     else:
-        calib = _fit_calibration(calibration, best_oof, t, binary)
+        calib = fit_calibration(calibration, best_oof, t, binary)
     facts = {
         "c": best_c,
         "c_path": path,

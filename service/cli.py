@@ -90,6 +90,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             pooling=args.pooling,
             whiten_on=args.whiten_on,
             whiten_dim=args.whiten_dim,
+            whiten=args.whiten,
             head_pairs=args.head_pairs,
             head=args.head,
             calibration=args.calibration,
@@ -100,6 +101,10 @@ def cmd_build(args: argparse.Namespace) -> int:
             eval_on=args.eval_on,
             threads=args.threads,
             force=args.force,
+            cross_model=args.cross_model,
+            cross_calibrate_on=args.cross_calibrate_on,
+            cross_calibration=args.cross_calibration,
+            cross_max_length=args.cross_max_length,
         ),
         say=lambda m: print(m, file=sys.stderr),
     )
@@ -111,10 +116,46 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.url is not None:
+        return _evaluate_service(args)
     from models.evaluate import evaluate_bundle, format_table
 
     results = evaluate_bundle(args.bundle, args.sts, threads=args.threads, record=args.record)
     print(json.dumps(results, indent=1) if args.json else format_table(results))
+    return 0
+
+
+def _evaluate_service(args: argparse.Namespace) -> int:
+    """Score labelled pairs through a running service's /v1/similarity (mode bi or cross)."""
+    from models.datasets import read_pairs
+    from service.client import ClientError, evaluate_similarity
+
+    results: dict[str, Any] = {}
+    try:
+        with _client(args) as client:
+            for path in args.sts:
+                pairs = read_pairs(path)
+                results[path.name] = evaluate_similarity(
+                    client,
+                    [(p.a, p.b) for p in pairs.pairs],
+                    pairs.scores().tolist(),
+                    mode=args.mode,
+                    batch=args.batch,
+                    concurrency=args.concurrency,
+                )
+    except (ClientError, OSError, ValueError) as exc:
+        print(f"simsvc evaluate: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        print(f"{'data':<22}{'mode':>6}{'pairs':>7}{'score':>9}{'probability':>13}{'pairs/s':>9}")
+        for name, r in results.items():
+            prob = r["spearman"]["probability"]
+            print(
+                f"{name:<22}{r['mode']:>6}{r['pairs']:>7}{r['spearman']['score']:>9.2f}"
+                f"{'-' if prob is None else f'{prob:.2f}':>13}{r['pairs_per_second']:>9.1f}"
+            )
     return 0
 
 
@@ -381,6 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="texts (one per line) or a pair file; repeatable",
     )
     p.add_argument("--whiten-dim", type=int, help="keep the first K whitened components")
+    p.add_argument(
+        "--whiten",
+        choices=["fit", "auto"],
+        default="fit",
+        help="fit: serve the whitening fitted on --whiten-on; auto: keep it only when it "
+        "raises the cosine's Spearman on the --eval-on pairs (the manifest says which)",
+    )
     p.add_argument("--head-pairs", type=Path, help="labelled pairs to train the head on")
     p.add_argument("--head", choices=["lr", "svm"], default="lr")
     p.add_argument("--calibration", choices=["logistic", "sigmoid", "isotonic"])
@@ -404,12 +452,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="pair file to evaluate on and record in the manifest; repeatable",
     )
+    p.add_argument(
+        "--cross-model",
+        help="cross-encoder checkpoint (hub id or local dir; a sequence classifier with 1 or "
+        "2 labels) to add to the bundle",
+    )
+    p.add_argument(
+        "--cross-calibrate-on",
+        type=Path,
+        help="held-out labelled pairs to calibrate the cross-encoder's probability on",
+    )
+    p.add_argument("--cross-calibration", choices=["sigmoid", "isotonic"], default="sigmoid")
+    p.add_argument("--cross-max-length", type=int, help="default: the card's, else 512")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("evaluate", help="Spearman and anisotropy of a bundle on labelled pairs")
-    p.add_argument("--bundle", required=True, type=Path)
+    p = sub.add_parser(
+        "evaluate",
+        help="Spearman of a bundle (in process) or of a running service (--url) on labelled pairs",
+    )
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--bundle", type=Path)
+    target.add_argument(
+        "--url", help="a running service: score the pairs through its /v1/similarity"
+    )
     p.add_argument(
         "--sts",
         required=True,
@@ -420,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--record", action="store_true", help="store the figures in the manifest")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--mode", choices=["bi", "cross"], default="bi", help="with --url")
+    p.add_argument("--batch", type=int, help="pairs per request (default: the service's limit)")
+    p.add_argument("--concurrency", type=int, default=1, help="requests in flight (with --url)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("pretrain", help="masked LM + next-sentence pretraining (domain adaptation)")
     p.add_argument(

@@ -1,6 +1,8 @@
-"""The client side of collections, over HTTP: resumable bulk indexing, search, evaluation.
+"""The client side over HTTP: resumable bulk indexing, search, retrieval evaluation, and pair
+scoring evaluation through `/v1/similarity`.
 
-Used by `simsvc index`, `simsvc search` and `simsvc evaluate-retrieval`. Bulk indexing sends
+Used by `simsvc index`, `simsvc search`, `simsvc evaluate-retrieval` and `simsvc evaluate
+--url`. Bulk indexing sends
 a JSONL file as NDJSON requests of a few hundred lines; after each acknowledged request it
 records how many lines are done, with a hash of them, in a small state file, so an
 interrupted run resumes where it stopped (and starts over if the done lines changed).
@@ -20,7 +22,7 @@ from typing import IO, Any
 import httpx
 import orjson
 
-from service.runtime.stats import mrr_at_k, ndcg_at_k, recall_at_k
+from service.runtime.stats import mrr_at_k, ndcg_at_k, recall_at_k, spearman
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
 
@@ -333,4 +335,47 @@ def evaluate_retrieval(
         f"mrr@{ndcg_k}": round(sum(mrr) / len(mrr), 4),
         "queries_per_second": round(len(judged) / seconds, 1),
         "concurrency": concurrency,
+    }
+
+
+def evaluate_similarity(
+    client: ServiceClient,
+    pairs: Sequence[tuple[str, str]],
+    gold: Sequence[float],
+    *,
+    mode: str = "bi",
+    batch: int | None = None,
+    concurrency: int = 1,
+) -> dict[str, Any]:
+    """Spearman x100 of the service's score and probability against gold, over its API.
+
+    The figures a deployment shows: the same requests a client sends, answered by the
+    bundle the service loaded. `batch` defaults to the service's pairs-per-request limit.
+    """
+    if len(pairs) != len(gold) or not pairs:
+        raise ValueError(f"{len(pairs)} pairs and {len(gold)} gold scores")
+    if batch is None:
+        batch = int(client.request("GET", "/info")["limits"]["max_pairs_per_request"])
+    chunks = [list(pairs[i : i + batch]) for i in range(0, len(pairs), batch)]
+
+    def run(chunk: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        body = {"pairs": [{"a": a, "b": b} for a, b in chunk], "mode": mode}
+        return list(client.request("POST", "/v1/similarity", json=body)["results"])
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = [r for answered in pool.map(run, chunks) for r in answered]
+    seconds = time.perf_counter() - started
+    scores = [float(r["score"]) for r in results]
+    probs = [r["probability"] for r in results]
+    return {
+        "mode": mode,
+        "pairs": len(results),
+        "spearman": {
+            "score": round(100 * spearman(scores, gold), 2),
+            "probability": None
+            if any(p is None for p in probs)
+            else round(100 * spearman([float(p) for p in probs], gold), 2),
+        },
+        "pairs_per_second": round(len(results) / seconds, 1),
     }

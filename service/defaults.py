@@ -1,8 +1,10 @@
 """The default bundle `simsvc serve` builds (once, then cached) when given none.
 
-Model: SIMSVC_MODEL, else the reference checkpoint in the shared folder, else
-sentence-transformers/all-MiniLM-L6-v2 from the hub. Whitening and head come from the
-shared STS-B train split when it is present.
+Model: SIMSVC_MODEL, else all-MiniLM-L6-v2 in the shared folder, else the reference
+checkpoint there, else sentence-transformers/all-MiniLM-L6-v2 from the hub. Whitening and
+head come from the shared STS-B train split when it is present; with the dev split present
+too, the whitening is kept only when it raises dev Spearman (`--whiten auto`: it helps a raw
+BERT, it hurts a contrastively trained model such as all-MiniLM-L6-v2).
 """
 
 from __future__ import annotations
@@ -20,24 +22,28 @@ from service.settings import Settings
 
 log = logging.getLogger("simsvc")
 
-REFERENCE_MODEL = "models/refbert-en-L6-H384"
+SHARED_MODELS = ("models/all-MiniLM-L6-v2", "models/refbert-en-L6-H384")
+"""Checkpoints in the shared folder, in order of preference."""
 HUB_FALLBACK = "sentence-transformers/all-MiniLM-L6-v2"
 STS_TRAIN = "data/stsb-en/train.tsv"
+STS_DEV = "data/stsb-en/dev.tsv"
 
 
 def default_model(settings: Settings) -> str:
     """The checkpoint the default bundle is built from."""
     if settings.model:
         return settings.model
-    reference = settings.shared / REFERENCE_MODEL
-    if (reference / "config.json").is_file():
-        return str(reference)
+    for name in SHARED_MODELS:
+        if (settings.shared / name / "config.json").is_file():
+            return str(settings.shared / name)
     return HUB_FALLBACK
 
 
-def default_bundle_dir(settings: Settings, model: str, sts: Path | None) -> Path:
-    """Cache location keyed by the model, the fit data and this version."""
-    key = hashlib.sha256(f"{model}|{sts}|{__version__}".encode()).hexdigest()[:10]
+def default_bundle_dir(
+    settings: Settings, model: str, sts: Path | None, dev: Path | None = None
+) -> Path:
+    """Cache location keyed by the model, the fit and judging data and this version."""
+    key = hashlib.sha256(f"{model}|{sts}|{dev}|{__version__}".encode()).hexdigest()[:10]
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(model).name if Path(model).exists() else model)
     return settings.cache_dir / "bundles" / f"{slug}-{key}"
 
@@ -45,9 +51,10 @@ def default_bundle_dir(settings: Settings, model: str, sts: Path | None) -> Path
 def ensure_default_bundle(settings: Settings, say: Callable[[str], None] = log.info) -> Path:
     """Return a cached default bundle, building it first if needed."""
     model = default_model(settings)
-    sts = settings.shared / STS_TRAIN
+    sts, dev = settings.shared / STS_TRAIN, settings.shared / STS_DEV
     sts_file = sts if sts.is_file() else None
-    target = default_bundle_dir(settings, model, sts_file)
+    dev_file = dev if sts_file and dev.is_file() else None
+    target = default_bundle_dir(settings, model, sts_file, dev_file)
     if (target / "manifest.json").is_file():
         try:
             load_bundle(target)
@@ -68,7 +75,8 @@ def ensure_default_bundle(settings: Settings, say: Callable[[str], None] = log.i
         ) from exc
     say(
         f"building the default bundle from {model} "
-        f"({'whitening + head from ' + str(sts_file) if sts_file else 'no fit data found'}) "
+        f"({'whitening + head from ' + str(sts_file) if sts_file else 'no fit data found'}"
+        f"{', whitening judged on ' + str(dev_file) if dev_file else ''}) "
         f"into {target}; this happens once"
     )
     try:
@@ -77,6 +85,8 @@ def ensure_default_bundle(settings: Settings, say: Callable[[str], None] = log.i
                 model=model,
                 out=target,
                 whiten_on=[sts_file] if sts_file else [],
+                whiten="auto" if dev_file else "fit",
+                eval_on=[dev_file] if dev_file else [],
                 head_pairs=sts_file,
                 threads=settings.threads,
                 force=True,
@@ -87,6 +97,6 @@ def ensure_default_bundle(settings: Settings, say: Callable[[str], None] = log.i
         raise SystemExit(
             f"cannot build the default bundle from {model}: {exc}\n"
             "Set SIMSVC_MODEL to a local checkpoint directory or a reachable hub id, or "
-            "SIMSVC_SHARED to the folder holding models/refbert-en-L6-H384, or pass --bundle."
+            "SIMSVC_SHARED to the folder holding models/all-MiniLM-L6-v2, or pass --bundle."
         ) from exc
     return target

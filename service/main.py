@@ -21,17 +21,18 @@ from service.api import handlers
 from service.api.auth import KeyRing
 from service.api.middleware import RequestMiddleware
 from service.api.responses import ORJSONResponse
-from service.api.routes import collections, embeddings, health, similarity
+from service.api.routes import collections, embeddings, health, rerank, similarity
 from service.api.state import AppState
 from service.errors import BundleError
 from service.metrics import Metrics
-from service.runtime.batching import DynamicBatcher
+from service.runtime.batching import BatchObserver, DynamicBatcher, InferFn
 from service.runtime.bundle import Bundle, load_bundle
 from service.runtime.collections import CollectionLimits, Collections, IndexDefaults
+from service.runtime.cross import CrossCore, CrossScorer, OnnxCrossEncoder
 from service.runtime.encoder import EncoderCore, OnnxEncoder
 from service.runtime.engine import Engine, EngineLimits
 from service.runtime.fusion import FusionParams
-from service.runtime.head import PairHead
+from service.runtime.head import Calibration, PairHead
 from service.runtime.index import set_threads as set_index_threads
 from service.runtime.search import SearchDefaults, SearchLimits
 from service.runtime.store.base import CollectionStore
@@ -48,6 +49,27 @@ log = logging.getLogger("simsvc")
 EngineFactory = Callable[[Settings, Metrics], Engine]
 
 
+def _batcher(
+    settings: Settings,
+    infer: InferFn,
+    max_tokens: int,
+    max_size: int,
+    max_queue: int,
+    observer: BatchObserver,
+) -> DynamicBatcher:
+    """A dynamic batcher with the settings' wait, Retry-After and worker count."""
+    return DynamicBatcher(
+        infer,
+        max_batch_tokens=max_tokens,
+        max_batch_size=max_size,
+        max_queue=max_queue,
+        max_wait_s=settings.batch_wait_ms / 1000.0,
+        retry_after=settings.retry_after_seconds,
+        observer=observer,
+        workers=settings.encoder_workers,
+    )
+
+
 def make_engine(
     settings: Settings,
     metrics: Metrics,
@@ -57,17 +79,16 @@ def make_engine(
     pooling: str,
     whitening: Whitening | None = None,
     head: PairHead | None = None,
+    cross: CrossScorer | None = None,
 ) -> Engine:
     """Wire an encoder core into a batcher and an engine with the settings' limits."""
-    batcher = DynamicBatcher(
+    batcher = _batcher(
+        settings,
         core.infer,
-        max_batch_tokens=max(settings.max_batch_tokens, core.max_length),
-        max_batch_size=settings.max_batch_size,
-        max_queue=settings.max_queue_texts,
-        max_wait_s=settings.batch_wait_ms / 1000.0,
-        retry_after=settings.retry_after_seconds,
-        observer=metrics,
-        workers=settings.encoder_workers,
+        max(settings.max_batch_tokens, core.max_length),
+        settings.max_batch_size,
+        settings.max_queue_texts,
+        metrics,
     )
     return Engine(
         core,
@@ -83,6 +104,66 @@ def make_engine(
         ),
         similar_threshold=settings.similar_threshold,
         observer=metrics,
+        cross=cross,
+    )
+
+
+def make_cross(
+    settings: Settings,
+    metrics: Metrics,
+    core: CrossCore,
+    *,
+    model_name: str,
+    calibration: Calibration | None = None,
+    labels: list[str] | None = None,
+) -> CrossScorer:
+    """Wire a cross-encoder core into its own batcher (a second queue) and a scorer."""
+    batcher = _batcher(
+        settings,
+        core.infer,
+        max(settings.cross_max_batch_tokens, core.max_length),
+        settings.cross_max_batch_size,
+        settings.cross_max_queue_pairs,
+        metrics.cross,
+    )
+    metrics.cross.queue_capacity.set(settings.cross_max_queue_pairs)
+    return CrossScorer(
+        core,
+        batcher,
+        model_name=model_name,
+        calibration=calibration,
+        labels=labels or [],
+        threshold=0.5 if settings.similar_threshold is None else settings.similar_threshold,
+        observer=metrics.cross,
+    )
+
+
+def cross_from_bundle(settings: Settings, metrics: Metrics, bundle: Bundle) -> CrossScorer | None:
+    """The bundle's cross-encoder behind its batcher, or None when it has none."""
+    info = bundle.manifest.cross
+    if info is None:
+        return None
+    core = OnnxCrossEncoder(
+        bundle.cross_model_path,
+        bundle.cross_tokenizer_path,
+        max_length=info.max_length,
+        pad_id=info.pad_id,
+        threads=settings.threads,
+        cpu_arena=settings.onnx_cpu_arena,
+        spin=settings.onnx_spin,
+        segment_ids=info.segment_ids,
+    )
+    if core.num_labels != info.num_labels:
+        raise BundleError(
+            f"cross.onnx yields {core.num_labels} logits, manifest says {info.num_labels}"
+        )
+    return make_cross(
+        settings,
+        metrics,
+        core,
+        model_name=info.source.model,
+        calibration=bundle.cross_calibration,
+        labels=info.labels,
     )
 
 
@@ -111,6 +192,7 @@ def engine_from_bundle(settings: Settings, metrics: Metrics, bundle: Bundle) -> 
         pooling=manifest.pooling,
         whitening=bundle.whitening,
         head=bundle.head,
+        cross=cross_from_bundle(settings, metrics, bundle),
     )
 
 
@@ -126,7 +208,7 @@ def _publish_bundle(metrics: Metrics, bundle: Bundle) -> None:
     )
     if m.whitening.anisotropy_before:
         metrics.anisotropy.labels(stage="raw").set(m.whitening.anisotropy_before["mean_cosine"])
-    if m.whitening.anisotropy_after:
+    if m.whitening.anisotropy_after and m.whitening.fitted:  # not a whitening auto dropped
         metrics.anisotropy.labels(stage="whitened").set(m.whitening.anisotropy_after["mean_cosine"])
 
 
@@ -303,7 +385,13 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
     )
     app.state.simsvc = state
     handlers.install(app)
-    for router in (similarity.router, embeddings.router, collections.router, health.router):
+    for router in (
+        similarity.router,
+        rerank.router,
+        embeddings.router,
+        collections.router,
+        health.router,
+    ):
         app.include_router(router)
     if settings.metrics_port is None:  # else `simsvc serve` exposes them on their own port
         app.include_router(health.metrics_router)

@@ -54,7 +54,40 @@ REBUILD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800
 PROBABILITY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
 
-class Metrics:
+class _StageMetrics:
+    """The stage observer methods, shared by the encoder's metrics and the cross-encoder's:
+    both name their objects alike (queue_depth_gauge, queue_wait_seconds, ...)."""
+
+    queue_depth_gauge: Gauge
+    queue_wait_seconds: Histogram
+    inference_seconds: Histogram
+    batch_size: Histogram
+    batch_tokens: Histogram
+    tokenize_seconds: Histogram
+    tokens: Counter
+    truncated: Counter
+
+    # BatchObserver
+    def queue_depth(self, depth: int) -> None:
+        self.queue_depth_gauge.set(depth)
+
+    def queue_wait(self, seconds: float) -> None:
+        self.queue_wait_seconds.observe(seconds)
+
+    def batch(self, size: int, padded_tokens: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_tokens.observe(padded_tokens)
+        self.inference_seconds.observe(seconds)
+
+    # EngineObserver / CrossObserver
+    def tokenized(self, texts: int, tokens: int, truncated: int, seconds: float) -> None:
+        self.tokenize_seconds.observe(seconds)
+        self.tokens.inc(tokens)
+        if truncated:
+            self.truncated.inc(truncated)
+
+
+class Metrics(_StageMetrics):
     """The service's metrics; implements the batcher's, engine's and collections' observers."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
@@ -168,25 +201,7 @@ class Metrics:
         )
         self._scored = 0
         self._similar = 0
-
-    # BatchObserver
-    def queue_depth(self, depth: int) -> None:
-        self.queue_depth_gauge.set(depth)
-
-    def queue_wait(self, seconds: float) -> None:
-        self.queue_wait_seconds.observe(seconds)
-
-    def batch(self, size: int, padded_tokens: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.batch_tokens.observe(padded_tokens)
-        self.inference_seconds.observe(seconds)
-
-    # EngineObserver
-    def tokenized(self, texts: int, tokens: int, truncated: int, seconds: float) -> None:
-        self.tokenize_seconds.observe(seconds)
-        self.tokens.inc(tokens)
-        if truncated:
-            self.truncated.inc(truncated)
+        self.cross = CrossMetrics(r)
 
     # CollectionObserver
     def documents(self, collection: str, count: int) -> None:
@@ -219,3 +234,69 @@ class Metrics:
         self._scored += n
         self._similar += s
         self.similar_share.set(self._similar / self._scored if self._scored else 0.0)
+
+
+class CrossMetrics(_StageMetrics):
+    """The cross-encoder's own stage metrics (`simsvc_cross_*`), beside the bi-encoder's.
+
+    Implements the batcher's observer for the second batcher, and the cross scorer's.
+    """
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.tokenize_seconds = Histogram(
+            "simsvc_cross_tokenize_seconds",
+            "Cross-encoder pair tokenization time per request.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "simsvc_cross_queue_wait_seconds",
+            "Time a request's pairs waited for the cross-encoder.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "simsvc_cross_inference_seconds",
+            "Cross-encoder time per batch.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "simsvc_cross_batch_size",
+            "Pairs per cross-encoder batch.",
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "simsvc_cross_batch_tokens",
+            "Padded tokens per cross-encoder batch.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth_gauge = Gauge(
+            "simsvc_cross_queue_depth", "Pairs accepted and not yet scored.", registry=r
+        )
+        self.queue_capacity = Gauge(
+            "simsvc_cross_queue_capacity",
+            "Pairs the cross-encoder queue accepts before answering 429.",
+            registry=r,
+        )
+        self.tokens = Counter("simsvc_cross_tokens", "Pair tokens scored.", registry=r)
+        self.truncated = Counter(
+            "simsvc_cross_truncated", "Pairs cut to the cross-encoder's max length.", registry=r
+        )
+        self.pairs_scored_total = Counter(
+            "simsvc_cross_pairs_scored", "Pairs scored by the cross-encoder.", registry=r
+        )
+        self.probability = Histogram(
+            "simsvc_cross_probability",
+            "Calibrated cross-encoder probabilities.",
+            buckets=PROBABILITY_BUCKETS,
+            registry=r,
+        )
+
+    # CrossObserver
+    def pairs_scored(self, probabilities: np.ndarray, similar: np.ndarray) -> None:
+        for p in probabilities:
+            self.probability.observe(float(p))
+        self.pairs_scored_total.inc(len(probabilities))

@@ -199,6 +199,16 @@ class Settings(BaseSettings):
         default=4.0, gt=1.0, description="retrain ivf lists when the collection grew this much"
     )
 
+    # Cross-encoder (a bundle built with --cross-model): its own batcher and limits.
+    max_rerank_texts: int = Field(default=128, ge=1, description="texts per /rerank (413)")
+    cross_max_batch_tokens: int = Field(
+        default=8192, ge=1, description="padded tokens per cross-encoder batch"
+    )
+    cross_max_batch_size: int = Field(default=32, ge=1, description="pairs per batch")
+    cross_max_queue_pairs: int = Field(
+        default=1024, ge=1, description="pairs waiting for the cross-encoder (429 beyond)"
+    )
+
     # Pair head decision threshold override (None: the bundle's).
     similar_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 

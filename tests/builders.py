@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 WORDS = [
     "the",
@@ -66,12 +67,9 @@ WORDS = [
 ]
 
 
-def write_tiny_checkpoint(
-    directory: Path, seed: int = 0, pooler: bool = True, hidden: int = 32, layers: int = 2
-) -> Path:
-    """A 2-layer BERT with a small WordPiece vocab, saved as a Hugging Face checkpoint."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizer
+def _tiny_tokenizer_and_config(directory: Path, hidden: int, layers: int) -> Any:
+    """The tiny WordPiece tokenizer (saved into directory) and a BERT config sized for it."""
+    from transformers import BertConfig, BertTokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -82,7 +80,7 @@ def write_tiny_checkpoint(
     if len(tokenizer) != len(tokens) or tokenizer.unk_token_id in tokenizer("the man")["input_ids"]:
         raise RuntimeError("the tiny tokenizer did not take its vocabulary")
     tokenizer.save_pretrained(str(directory))
-    config = BertConfig(
+    return BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -92,9 +90,50 @@ def write_tiny_checkpoint(
         hidden_dropout_prob=0.1,
         attention_probs_dropout_prob=0.1,
     )
+
+
+def write_tiny_checkpoint(
+    directory: Path, seed: int = 0, pooler: bool = True, hidden: int = 32, layers: int = 2
+) -> Path:
+    """A 2-layer BERT with a small WordPiece vocab, saved as a Hugging Face checkpoint."""
+    import torch
+    from transformers import BertModel
+
+    config = _tiny_tokenizer_and_config(directory, hidden, layers)
     torch.manual_seed(seed)
     model = BertModel(config, add_pooling_layer=pooler)
     model.save_pretrained(str(directory))
+    return directory
+
+
+def write_tiny_cross_checkpoint(
+    directory: Path,
+    seed: int = 0,
+    num_labels: int = 1,
+    card: dict[str, Any] | None = None,
+    hidden: int = 32,
+    layers: int = 2,
+) -> Path:
+    """A 2-layer `BertForSequenceClassification` (random weights, dropout configured but off in
+    eval) in the format `simsvc finetune --objective cross` writes, card.json included."""
+    import json
+
+    import torch
+    from transformers import BertForSequenceClassification
+
+    config = _tiny_tokenizer_and_config(directory, hidden, layers)
+    config.num_labels = num_labels
+    # At BERT's usual 0.02 the [CLS] vector of a random model barely moves between inputs;
+    # wider weights give logits that differ from pair to pair, as a trained model's do.
+    config.initializer_range = 0.2
+    if num_labels == 2:
+        config.id2label = {0: "dissimilar", 1: "similar"}
+        config.label2id = {"dissimilar": 0, "similar": 1}
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config)
+    model.save_pretrained(str(directory))
+    if card is not None:
+        (directory / "card.json").write_text(json.dumps(card))
     return directory
 
 

@@ -57,29 +57,62 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def _tiny_build(out: Path, checkpoint: Path, data: dict[str, Path], **extra: object) -> Path:
+    """The tiny bundle's build (mean pooling, whitening + LR head, dev figures) plus extras."""
+    from models.build import BuildOptions, build_bundle
+
+    options = {
+        "model": str(checkpoint),
+        "out": out,
+        "pooling": "mean",
+        "whiten_on": [data["corpus"]],
+        "head_pairs": data["train"],
+        "max_length": 64,
+        "eval_on": [data["dev"]],
+        "threads": 1,
+        **extra,
+    }
+    build_bundle(BuildOptions(**options), say=lambda _m: None)  # type: ignore[arg-type]
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(
     tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, tiny_data: dict[str, Path]
 ) -> Path:
     """A complete bundle (whitening k=24 + LR head) from the tiny random BERT."""
-    from models.build import BuildOptions, build_bundle
-
     out = tmp_path_factory.mktemp("tiny-bundle") / "bundle"
-    build_bundle(
-        BuildOptions(
-            model=str(tiny_checkpoint),
-            out=out,
-            pooling="mean",
-            whiten_on=[tiny_data["corpus"]],
-            whiten_dim=24,
-            head_pairs=tiny_data["train"],
-            max_length=64,
-            eval_on=[tiny_data["dev"]],
-            threads=1,
-        ),
-        say=lambda _m: None,
+    return _tiny_build(out, tiny_checkpoint, tiny_data, whiten_dim=24)
+
+
+CROSS_CARD = {"objective": "cross", "labels": "graded", "max_length": 48, "data": ["train.tsv"]}
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BertForSequenceClassification (one label) with a card.json."""
+    from tests.builders import write_tiny_cross_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny-cross")
+    return write_tiny_cross_checkpoint(root / "tiny-cross", seed=1, card=CROSS_CARD)
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_bundle(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_checkpoint: Path,
+    tiny_cross_checkpoint: Path,
+    tiny_data: dict[str, Path],
+) -> Path:
+    """The tiny bi-encoder bundle plus the tiny cross-encoder, Platt-calibrated on train."""
+    out = tmp_path_factory.mktemp("tiny-cross-bundle") / "bundle"
+    return _tiny_build(
+        out,
+        tiny_checkpoint,
+        tiny_data,
+        cross_model=str(tiny_cross_checkpoint),
+        cross_calibrate_on=tiny_data["train"],
     )
-    return out
 
 
 def _reference_bundle(tmp_path_factory: pytest.TempPathFactory, shared: Path, lang: str) -> Path:

@@ -21,11 +21,22 @@ class Pair(_Strict):
 class SimilarityRequest(_Strict):
     pairs: list[Pair]
     truncate: bool = True
+    mode: Literal["bi", "cross"] = Field(
+        default="bi",
+        description="bi: two vectors and the pair head; cross: the bundle's cross-encoder "
+        "reads both texts at once (424 no_cross_encoder without one)",
+    )
 
 
 class PairResult(BaseModel):
-    score: float = Field(description="cosine of the whitened vectors")
-    probability: float | None = Field(description="pair head's probability; null without a head")
+    score: float = Field(
+        description="bi: cosine of the whitened vectors; cross: the cross-encoder's own "
+        "probability, sigmoid of its logit"
+    )
+    probability: float | None = Field(
+        description="bi: the pair head's probability (null without a head); cross: the "
+        "calibrated probability"
+    )
     similar: bool | None = Field(description="probability >= threshold; null without a head")
 
 
@@ -227,3 +238,37 @@ class DocumentOut(BaseModel):
     id: str
     text: str
     metadata: dict[str, Any]
+
+
+# Cross-encoder routes, in text-embeddings-inference's shapes.
+
+
+class RerankRequest(BaseModel):
+    """text-embeddings-inference's /rerank body."""
+
+    query: str
+    texts: list[str]
+    raw_scores: bool = Field(default=False, description="true: the logit; false: its sigmoid")
+    return_text: bool = False
+    truncate: bool = True
+    truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
+
+
+class Rank(BaseModel):
+    index: int = Field(ge=0)
+    score: float
+    text: str | None = Field(default=None, description="present when return_text is true")
+
+
+class PredictRequest(BaseModel):
+    """text-embeddings-inference's /predict body: a text, a pair [a, b], or a batch of both."""
+
+    inputs: str | list[str] | list[list[str]]
+    raw_scores: bool = Field(default=False, description="true: logits; false: sigmoid/softmax")
+    truncate: bool = True
+    truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
+
+
+class Prediction(BaseModel):
+    score: float
+    label: str

@@ -1,8 +1,9 @@
 """The model bundle: the one contract between the offline pipeline and the service.
 
-A directory with `manifest.json`, `model.onnx`, `tokenizer.json`, `whitening.npz` and, when a
-head was trained, `head.json`. The manifest records where everything came from and the sha256
-of every file; `load_bundle` refuses a bundle whose hashes or dims disagree.
+A directory with `manifest.json`, `model.onnx`, `tokenizer.json`, `whitening.npz`, `head.json`
+when a head was trained, and `cross.onnx`, `cross_tokenizer.json`, `cross_calibration.json`
+when it carries a cross-encoder. The manifest records where everything came from and the
+sha256 of every file; `load_bundle` refuses a bundle whose hashes or dims disagree.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from service.errors import BundleError
-from service.runtime.head import PairHead
+from service.runtime.head import Calibration, PairHead
 from service.runtime.types import POOLINGS
 from service.runtime.whitening import Whitening
 
@@ -27,6 +28,9 @@ MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 WHITENING_FILE = "whitening.npz"
 HEAD_FILE = "head.json"
+CROSS_MODEL_FILE = "cross.onnx"
+CROSS_TOKENIZER_FILE = "cross_tokenizer.json"
+CROSS_CALIBRATION_FILE = "cross_calibration.json"
 
 
 class SourceInfo(BaseModel):
@@ -51,6 +55,15 @@ class Parity(BaseModel):
     min_cosine: float
 
 
+class WhiteningChoice(BaseModel):
+    """`--whiten auto`: dev Spearman x100 with and without the fitted whitening."""
+
+    kept: bool
+    data: str
+    spearman: dict[str, float]
+    """raw_cosine and whitened_cosine on `data`."""
+
+
 class WhiteningInfo(BaseModel):
     fitted: bool
     k: int | None = None
@@ -58,6 +71,8 @@ class WhiteningInfo(BaseModel):
     count: int = 0
     anisotropy_before: dict[str, float] | None = None
     anisotropy_after: dict[str, float] | None = None
+    auto: WhiteningChoice | None = None
+    """Set by `--whiten auto`; with kept false the served transform is the identity."""
 
 
 class HeadInfo(BaseModel):
@@ -81,6 +96,57 @@ class QuantizationInfo(BaseModel):
     """Per eval file: {"fp32": {...}, "int8": {...}} Spearman x100 figures."""
 
 
+class CrossParity(BaseModel):
+    """ONNX logits against PyTorch's (eval mode) on padded batches of mixed-length pairs."""
+
+    max_abs_diff: float
+    pairs: int
+    batches: int
+    tokenizer_match: bool
+
+
+class CrossQuantization(BaseModel):
+    """What int8 did to the cross-encoder, measured against its fp32 graph."""
+
+    method: str
+    max_abs_diff_vs_fp32: float
+    spearman: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Per eval file: {"fp32": x, "int8": y}, Spearman x100 of the cross score."""
+
+
+class CrossCalibrationInfo(BaseModel):
+    """How raw cross scores become probabilities (numbers in cross_calibration.json)."""
+
+    kind: str
+    """logistic: the model's own sigmoid; sigmoid: Platt; isotonic."""
+    data: str | None = None
+    pairs: int = 0
+    targets: str | None = None
+    spearman: float | None = None
+    """Spearman x100 of the raw score on the calibration pairs."""
+
+
+class CrossInfo(BaseModel):
+    """The optional cross-encoder part: a sequence classifier over `[CLS] a [SEP] b [SEP]`."""
+
+    source: SourceInfo
+    num_labels: int
+    labels: list[str]
+    score: str
+    """'logit' (one label) or 'logit_difference' (two labels: logit[1] - logit[0])."""
+    max_length: int
+    pad_id: int = 0
+    inputs: list[str]
+    segment_ids: bool = True
+    opset: int
+    fusions: dict[str, int] = Field(default_factory=dict)
+    parity: CrossParity
+    quantization: CrossQuantization | None = None
+    calibration: CrossCalibrationInfo
+    card: dict[str, Any] | None = None
+    """The fine-tuned checkpoint's card.json (objective, data, dev figures), when it has one."""
+
+
 class Manifest(BaseModel):
     """Everything the service needs to know about a bundle before loading its files."""
 
@@ -98,6 +164,7 @@ class Manifest(BaseModel):
     parity: dict[str, Parity] = Field(default_factory=dict)
     whitening: WhiteningInfo
     head: HeadInfo | None = None
+    cross: CrossInfo | None = None
     evaluation: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
     created_at: str = ""
@@ -155,10 +222,19 @@ class Bundle:
     manifest: Manifest
     whitening: Whitening
     head: PairHead | None
+    cross_calibration: Calibration | None = None
 
     @property
     def model_path(self) -> Path:
         return self.directory / MODEL_FILE
+
+    @property
+    def cross_model_path(self) -> Path:
+        return self.directory / CROSS_MODEL_FILE
+
+    @property
+    def cross_tokenizer_path(self) -> Path:
+        return self.directory / CROSS_TOKENIZER_FILE
 
     @property
     def tokenizer_path(self) -> Path:
@@ -175,6 +251,8 @@ def load_bundle(directory: Path, verify_hashes: bool = True) -> Bundle:
     directory = Path(directory)
     manifest = read_manifest(directory)
     required = [MODEL_FILE, TOKENIZER_FILE, WHITENING_FILE] + ([HEAD_FILE] if manifest.head else [])
+    if manifest.cross:
+        required += [CROSS_MODEL_FILE, CROSS_TOKENIZER_FILE, CROSS_CALIBRATION_FILE]
     for name in required:
         if not (directory / name).is_file():
             raise BundleError(f"bundle {directory} lacks {name}")
@@ -215,4 +293,33 @@ def load_bundle(directory: Path, verify_hashes: bool = True) -> Bundle:
                 f"head expects {head.dims}-dim whitened and {head.raw_dims}-dim raw vectors, "
                 f"bundle yields {manifest.dims.output} and {manifest.dims.hidden}"
             )
-    return Bundle(directory=directory, manifest=manifest, whitening=whitening, head=head)
+    cross_calibration = None
+    if manifest.cross is not None:
+        cross_calibration = _load_cross_calibration(directory, manifest.cross)
+    return Bundle(
+        directory=directory,
+        manifest=manifest,
+        whitening=whitening,
+        head=head,
+        cross_calibration=cross_calibration,
+    )
+
+
+def _load_cross_calibration(directory: Path, cross: CrossInfo) -> Calibration:
+    """The cross-encoder's calibration, checked against what the manifest says of it."""
+    if cross.num_labels not in (1, 2) or len(cross.labels) != cross.num_labels:
+        raise BundleError(
+            f"cross-encoder has {cross.num_labels} labels {cross.labels}; 1 or 2 are served"
+        )
+    try:
+        calibration = Calibration.from_dict(
+            json.loads((directory / CROSS_CALIBRATION_FILE).read_text())
+        )
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        raise BundleError(f"bundle cross-encoder calibration cannot be read: {exc}") from exc
+    if calibration.kind != cross.calibration.kind:
+        raise BundleError(
+            f"{CROSS_CALIBRATION_FILE} holds a {calibration.kind} calibration, manifest says "
+            f"{cross.calibration.kind}"
+        )
+    return calibration

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,10 +19,15 @@ from service.runtime.types import FloatArray, IntArray
 
 @dataclass(frozen=True, slots=True)
 class Tokenized:
-    """One text's token ids (special tokens included) and whether they were cut to fit."""
+    """One input's token ids (special tokens included) and whether they were cut to fit.
+
+    `type_ids` are the segment ids of a pair read jointly (0 for a, 1 for b); None means all
+    zeros, as for a single text.
+    """
 
     ids: Sequence[int]
     truncated: bool = False
+    type_ids: Sequence[int] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -102,6 +107,40 @@ def pad_batch(batch: Sequence[Tokenized], pad_id: int = 0) -> tuple[IntArray, In
     return ids, mask
 
 
+def pad_type_ids(batch: Sequence[Tokenized]) -> IntArray:
+    """Segment ids of a batch padded like `pad_batch` (zeros where an item has none)."""
+    longest = max(len(t) for t in batch)
+    types = np.zeros((len(batch), longest), dtype=np.int64)
+    for row, tok in enumerate(batch):
+        if tok.type_ids is not None:
+            types[row, : len(tok)] = tok.type_ids
+    return types
+
+
+def onnx_session(
+    model_path: Path, threads: int = 0, cpu_arena: bool = True, spin: bool = True
+) -> Any:
+    """A CPU ONNX Runtime session tuned for batches of varying shape."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    # Shapes vary per batch: memory patterns would be planned (and kept) for each one.
+    options.enable_mem_pattern = False
+    # The arena keeps freed blocks for reuse (faster) but holds its peak; off returns
+    # memory to the allocator after each run.
+    options.enable_cpu_mem_arena = cpu_arena
+    # Spinning threads answer the next run sooner but burn CPU the event loop may need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return ort.InferenceSession(
+        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+
+
 def encode_texts(
     core: EncoderCore,
     texts: Sequence[str],
@@ -153,7 +192,6 @@ class OnnxEncoder:
         cpu_arena: bool = True,
         spin: bool = True,
     ) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self._tokenizer = Tokenizer.from_file(str(tokenizer_path))
@@ -162,22 +200,7 @@ class OnnxEncoder:
         self._max_length = max_length
         self._pad_id = pad_id
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        if threads > 0:
-            options.intra_op_num_threads = threads
-        # Shapes vary per batch: memory patterns would be planned (and kept) for each one.
-        options.enable_mem_pattern = False
-        # The arena keeps freed blocks for reuse (faster) but holds its peak; off returns
-        # memory to the allocator after each run.
-        options.enable_cpu_mem_arena = cpu_arena
-        # Spinning threads answer the next run sooner but burn CPU the event loop may need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self._session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        self._session = onnx_session(model_path, threads, cpu_arena, spin)
         self._input_names = {i.name for i in self._session.get_inputs()}
         if not {"input_ids", "attention_mask"} <= self._input_names:
             raise ValueError(
@@ -215,6 +238,6 @@ class OnnxEncoder:
         ids, mask = pad_batch(batch, self._pad_id)
         feed = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self._input_names:
-            feed["token_type_ids"] = np.zeros_like(ids)
+            feed["token_type_ids"] = pad_type_ids(batch)
         results = self._session.run(list(self._outputs), feed)
         return dict(zip(self._outputs, results, strict=True))

@@ -1,4 +1,5 @@
-"""The engine: tokenizer, dynamic batcher, whitening and pair head behind two calls.
+"""The engine: tokenizer, dynamic batcher, whitening and pair head behind two calls, and the
+bundle's cross-encoder (its own batcher) when it has one.
 
 Usable without the HTTP layer (benchmarks, the CLI, other servers). Blocking work runs off
 the event loop: tokenization in a worker thread, inference on the batcher's thread.
@@ -14,12 +15,18 @@ from typing import Protocol
 
 import numpy as np
 
-from service.errors import TextTooLongError, TooManyTextsError, ValidationError
+from service.errors import (
+    NoCrossEncoderError,
+    TextTooLongError,
+    TooManyTextsError,
+    ValidationError,
+)
 from service.runtime.batching import DynamicBatcher
+from service.runtime.cross import CrossScorer, CrossScores, Direction, PairInput
 from service.runtime.encoder import EncoderCore, Tokenized
 from service.runtime.head import PairHead, make_views
 from service.runtime.stats import l2_normalize
-from service.runtime.types import FloatArray
+from service.runtime.types import FloatArray, Timings
 from service.runtime.whitening import Whitening
 
 
@@ -37,15 +44,6 @@ class _NullEngineObserver:
 
     def pairs_scored(self, probabilities: np.ndarray, similar: np.ndarray) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class Timings:
-    """Seconds spent per stage for one request."""
-
-    tokenize: float = 0.0
-    queue: float = 0.0
-    inference: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +92,7 @@ class Engine:
         similar_threshold: float | None = None,
         observer: EngineObserver | None = None,
         inline_tokenize_chars: int = 2000,
+        cross: CrossScorer | None = None,
     ) -> None:
         if pooling not in core.outputs:
             raise ValueError(f"pooling {pooling!r} is not among the encoder outputs {core.outputs}")
@@ -115,6 +114,7 @@ class Engine:
         )
         self._observer: EngineObserver = observer or _NullEngineObserver()
         self._inline_chars = inline_tokenize_chars
+        self.cross = cross
 
     @property
     def dims(self) -> int:
@@ -123,9 +123,13 @@ class Engine:
 
     def start(self) -> None:
         self.batcher.start()
+        if self.cross is not None:
+            self.cross.start()
 
     def stop(self) -> None:
         self.batcher.stop()
+        if self.cross is not None:
+            self.cross.stop()
 
     def _check_texts(self, texts: Sequence[str], limit: int, what: str) -> None:
         if not texts:
@@ -249,6 +253,31 @@ class Engine:
             self._observer.pairs_scored(probabilities, similar)
         return PairScores(scores, probabilities, similar, sum(len(t) for t in tokens), timings)
 
+    async def cross_similarity(
+        self,
+        pairs: Sequence[PairInput],
+        *,
+        truncate: bool = True,
+        direction: Direction = "right",
+        limit: int | None = None,
+    ) -> CrossScores:
+        """Cross-encoder scores of pairs (b may be None: a single text), within the limits."""
+        if self.cross is None:
+            raise NoCrossEncoderError(
+                "this bundle has no cross-encoder: use mode 'bi', or build the bundle with "
+                "`simsvc build ... --cross-model CHECKPOINT`"
+            )
+        limit = limit or self.limits.max_pairs
+        if not pairs:
+            raise ValidationError("no pairs given")
+        if len(pairs) > limit:
+            raise TooManyTextsError(f"{len(pairs)} pairs in one request; the limit is {limit}")
+        texts = list(dict.fromkeys(t for pair in pairs for t in pair if t is not None))
+        self._check_texts(texts, 2 * limit, "texts")
+        return await self.cross.score(pairs, truncate=truncate, direction=direction)
+
     async def warmup(self) -> None:
         """Run one small batch so the first request does not pay for lazy initialisation."""
         await self.embed(["warm-up", "a second, somewhat longer warm-up text"])
+        if self.cross is not None:
+            await self.cross.score([("warm-up", "a second, somewhat longer warm-up text")])

@@ -104,8 +104,11 @@ async def run_search(
     depth = max(request.k, request.rerank)
     if depth > limits.max_k:
         raise ValidationError(f"k and rerank candidates must be at most {limits.max_k}")
-    if request.rerank and getattr(engine, "cross", None) is None:
-        _no_cross_encoder()
+    if request.rerank and engine.cross is None:
+        raise NoCrossEncoderError(
+            "reranking needs a bundle with a cross-encoder: build it with "
+            "`simsvc build ... --cross-model CHECKPOINT`, or search without rerank"
+        )
     hits: list[FusedHit]
     if mode == "lexical":
         hits = _as_fused("lexical", await store.lexical(name, request.query, depth, request.where))
@@ -141,21 +144,12 @@ def check_fusion(fusion: FusionParams, limits: SearchLimits) -> None:
         )
 
 
-def _no_cross_encoder() -> None:
-    raise NoCrossEncoderError(
-        "reranking needs a bundle with a cross-encoder: build it with "
-        "`simsvc build ... --cross-model CHECKPOINT`, or search without rerank"
-    )
-
-
 async def _rerank(
     engine: Engine, query: str, hits: list[FusedHit], candidates: int
 ) -> tuple[list[FusedHit], int]:
     """The top `candidates` rescored by the cross-encoder (best first), then the rest."""
     top, rest = hits[:candidates], hits[candidates:]
-    scored = await engine.cross_similarity(  # type: ignore[attr-defined]
-        [(query, h.document.text) for h in top], limit=len(top)
-    )
+    scored = await engine.cross_similarity([(query, h.document.text) for h in top], limit=len(top))
     for hit, score in zip(top, scored.scores, strict=True):
         hit.sources["rerank"] = {"rank": 0, "score": float(score)}
         hit.score = float(score)

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import make_engine
+from service.main import make_cross, make_engine
 from service.metrics import Metrics
 from service.runtime.engine import Engine
 from service.runtime.head import Calibration, PairHead, feature_dims
 from service.runtime.whitening import Whitening, WhiteningAccumulator
 from service.settings import Settings
 from tests.builders import sentences
-from tests.fakes import FakeEncoder
+from tests.fakes import FakeCrossEncoder, FakeEncoder
 
 DIMS = 16
 
@@ -29,10 +29,28 @@ def fake_parts(core: FakeEncoder) -> tuple[Whitening, PairHead]:
     return acc.fit(), head
 
 
-def fake_factory(core: FakeEncoder | None = None) -> Callable[[Settings, Metrics], Engine]:
+CROSS_CALIBRATION = Calibration("sigmoid", a=0.5, b=-0.25)
+"""The fake cross-encoder's calibration: visibly different from its own sigmoid."""
+
+
+def fake_factory(
+    core: FakeEncoder | None = None, cross: FakeCrossEncoder | None = None
+) -> Callable[[Settings, Metrics], Engine]:
+    """An engine on the fake encoder; with `cross`, the fake cross-encoder beside it."""
+
     def factory(settings: Settings, metrics: Metrics) -> Engine:
         enc = core or FakeEncoder(dims=DIMS)
         whitening, head = fake_parts(enc)
+        scorer = None
+        if cross is not None:
+            scorer = make_cross(
+                settings,
+                metrics,
+                cross,
+                model_name="fake-cross",
+                calibration=CROSS_CALIBRATION,
+                labels=["dissimilar", "similar"][2 - cross.num_labels :],
+            )
         return make_engine(
             settings,
             metrics,
@@ -41,6 +59,7 @@ def fake_factory(core: FakeEncoder | None = None) -> Callable[[Settings, Metrics
             pooling="mean",
             whitening=whitening,
             head=head,
+            cross=scorer,
         )  # type: ignore[arg-type]
 
     return factory

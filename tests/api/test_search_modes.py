@@ -196,3 +196,25 @@ def test_both_stores_rank_lexical_search_alike(
         for h in pg:
             if round(h["score"], 6) != last:
                 assert h["id"] in by_score[round(h["score"], 6)]
+
+
+def test_rerank_rescores_the_top_results_with_the_cross_encoder(
+    make_client: Client, store_settings: Settings
+) -> None:
+    from tests.fakes import FakeCrossEncoder
+
+    c = make_client(store_settings, engine_factory=fake_factory(cross=FakeCrossEncoder()))
+    docs = [{"id": i, "text": t, "metadata": m} for i, t, m in DOCS]
+    assert c.post("/v1/collections/c/documents", json={"documents": docs}).status_code == 200
+    query = "a man plays a guitar and sings an old song"
+    plain = _search(c, query=query, k=6, explain=True)
+    ranked = _search(c, query=query, k=6, explain=True, rerank={"candidates": 4})
+    top4 = {h["id"] for h in plain["results"][:4]}
+    assert {h["id"] for h in ranked["results"][:4]} == top4  # rescored, not widened
+    assert [h["id"] for h in ranked["results"][4:]] == [h["id"] for h in plain["results"][4:]]
+    scores = [h["sources"]["rerank"]["score"] for h in ranked["results"][:4]]
+    assert scores == sorted(scores, reverse=True)
+    assert [h["sources"]["rerank"]["rank"] for h in ranked["results"][:4]] == [1, 2, 3, 4]
+    assert ranked["results"][0]["id"] == "guitar"  # the word-overlap cross-encoder's pick
+    assert ranked["results"][0]["score"] == scores[0]
+    assert "rerank" not in ranked["results"][4]["sources"]

@@ -251,5 +251,6 @@ def test_sigkill_mid_upload_loses_no_acknowledged_document(
                     "/v1/collections/k/search",
                     json={"query": doc["text"], "k": len(expected), "mode": "lexical"},
                 ).json()["results"]
-                assert [h["id"] for h in found].count(doc["id"]) == 1
+                if lexical_terms("english", doc["text"]):  # not stop words only
+                    assert [h["id"] for h in found].count(doc["id"]) == 1
         server.stop()

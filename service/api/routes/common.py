@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.runtime.engine import Timings
+from service.runtime.types import Timings
 
 
 def timing_headers(timings: Timings) -> dict[str, str]:

@@ -12,6 +12,8 @@ from service import __version__
 from service.api.auth import ReadScope
 from service.api.deps import EngineDep, StateDep
 from service.api.responses import ORJSONResponse
+from service.runtime.bundle import Manifest
+from service.runtime.engine import Engine
 
 router = APIRouter(tags=["operations"])
 metrics_router = APIRouter(tags=["operations"])
@@ -46,7 +48,13 @@ async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
     settings = state.settings
     manifest = state.bundle.manifest if state.bundle else None
     whitening: dict[str, Any] = {"fitted": engine.whitening.fitted, "dims": engine.dims}
-    if not engine.whitening.fitted:
+    auto = manifest.whitening.auto if manifest is not None else None
+    if auto is not None and not auto.kept:
+        whitening["note"] = (
+            "identity transform: --whiten auto dropped the fitted whitening, which lowered "
+            f"the cosine's Spearman on {auto.data}"
+        )
+    elif not engine.whitening.fitted:
         whitening["note"] = "identity transform: the bundle was built without --whiten-on"
     if manifest is not None:
         whitening.update(manifest.whitening.model_dump(exclude={"fitted"}))
@@ -67,6 +75,7 @@ async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
                 **(manifest.head.model_dump() if manifest and manifest.head else {}),
             }
         ),
+        "cross_encoder": _cross_info(engine, manifest),
         "bundle": None
         if manifest is None
         else {
@@ -89,6 +98,9 @@ async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
             "max_documents_per_request": settings.max_documents_per_request,
             "max_ndjson_line_bytes": settings.max_ndjson_line_bytes,
             "max_search_k": settings.max_search_k,
+            "max_rerank_texts": settings.max_rerank_texts,
+            "cross_max_batch_tokens": settings.cross_max_batch_tokens,
+            "cross_max_queue_pairs": settings.cross_max_queue_pairs,
         },
         "versions": {
             "simsvc": __version__,
@@ -96,6 +108,24 @@ async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
             "python": platform.python_version(),
         },
     }
+
+
+def _cross_info(engine: Engine, manifest: Manifest | None) -> dict[str, Any] | None:
+    """The cross-encoder: model, labels, max length, calibration, and its manifest section."""
+    cross = engine.cross
+    if cross is None:
+        return None
+    out: dict[str, Any] = {
+        "model": cross.model_name,
+        "labels": cross.labels,
+        "max_length": cross.core.max_length,
+        "calibration": {"kind": cross.calibration.kind},
+        "threshold": cross.threshold,
+    }
+    if manifest is not None and manifest.cross is not None:
+        out.update(manifest.cross.model_dump(exclude={"source"}))
+        out["source"] = manifest.cross.source.model_dump()
+    return out
 
 
 @metrics_router.get("/metrics", include_in_schema=False)

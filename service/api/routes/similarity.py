@@ -16,8 +16,20 @@ router = APIRouter(tags=["similarity"], dependencies=[ReadScope])
 
 @router.post("/v1/similarity", response_model=SimilarityResponse)
 async def score_pairs(body: SimilarityRequest, engine: EngineDep) -> ORJSONResponse:
-    """Score text pairs: cosine of whitened vectors and the pair head's calibrated probability."""
-    scored = await engine.similarity([(p.a, p.b) for p in body.pairs], truncate=body.truncate)
+    """Score text pairs: bi (whitened cosine + pair head) or cross (the cross-encoder)."""
+    pairs = [(p.a, p.b) for p in body.pairs]
+    if body.mode == "cross":
+        cross = await engine.cross_similarity(pairs, truncate=body.truncate)
+        assert engine.cross is not None  # cross_similarity refused otherwise
+        rows = [
+            {"score": float(s), "probability": float(p), "similar": bool(q)}
+            for s, p, q in zip(cross.scores, cross.probabilities, cross.similar, strict=True)
+        ]
+        return ORJSONResponse(
+            {"model": engine.cross.model_name, "results": rows},
+            headers=timing_headers(cross.timings),
+        )
+    scored = await engine.similarity(pairs, truncate=body.truncate)
     n = len(scored.scores)
     probs = scored.probabilities if scored.probabilities is not None else [None] * n
     similar = scored.similar if scored.similar is not None else [None] * n
