@@ -19,8 +19,9 @@ from service import __version__
 from service.api import handlers
 from service.api.auth import KeyRing
 from service.api.middleware import RequestMiddleware
+from service.api.openapi import install_docs, install_openapi
 from service.api.responses import ORJSONResponse
-from service.api.routes import collections, embeddings, health, similarity
+from service.api.routes import collections, embeddings, health, similarity, tei
 from service.api.state import AppState
 from service.errors import BundleError
 from service.metrics import Metrics
@@ -232,13 +233,18 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         summary="Semantic similarity on BERT: scores, embeddings, search.",
         default_response_class=ORJSONResponse,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.simsvc = state
     handlers.install(app)
-    for router in (similarity.router, embeddings.router, collections.router, health.router):
+    routers = (similarity.router, embeddings.router, tei.router, collections.router, health.router)
+    for router in routers:
         app.include_router(router)
     if settings.metrics_port is None:  # else `simsvc serve` exposes them on their own port
         app.include_router(health.metrics_router)
+    install_docs(app)
+    install_openapi(app, state)
     app.add_middleware(
         RequestMiddleware,
         metrics=metrics,

@@ -1,7 +1,10 @@
-"""Pure-ASGI middleware: request ids, body-size limit, total-time header, request metrics."""
+"""Pure-ASGI middleware: request ids, body-size limit, total-time header, request metrics,
+the answer to unexpected errors, and abandoning work whose client has gone."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -12,15 +15,24 @@ from contextvars import ContextVar
 import orjson
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.auth import OPEN_PATHS, KeyRing
+from service.api.auth import KeyRing, is_open_path
+from service.api.handlers import error_body
 from service.errors import ServiceError
 from service.metrics import Metrics
 
 request_id_var: ContextVar[str] = ContextVar("simsvc_request_id", default="-")
 access_log = logging.getLogger("simsvc.access")
+log = logging.getLogger("simsvc.api")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+ABANDONABLE = "simsvc.abandonable"
+"""Scope key a route sets (`service.api.deps.Abandonable`) when its work may be dropped the
+moment its client disconnects: pure computation, nothing half-written."""
+CLIENT_CLOSED = 499
+"""The status recorded (never sent) for a request whose client went away first (nginx's)."""
 
 
 class RequestMiddleware:
@@ -28,6 +40,12 @@ class RequestMiddleware:
 
     `streams` names the requests whose body is a stream of any length, bounded piecewise by
     their route instead (an NDJSON upload); every other body is bounded by `max_body_bytes`.
+
+    Once a request's body is read, a watcher waits for its client to disconnect; an
+    abandonable request is then cancelled, so its queued encoder work is dropped instead of
+    done for nobody. An unexpected exception is logged once and answered with a 500 here,
+    keeping the connection open (Starlette's outer error middleware would log it again and
+    make the server close the connection).
     """
 
     def __init__(
@@ -54,37 +72,43 @@ class RequestMiddleware:
         scope["simsvc.request_id"] = request_id
         token = request_id_var.set(request_id)
         status = 500
+        response_started = False
         limit = None if self.streams is not None and self.streams(scope) else self.max_body
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 headers = MutableHeaders(scope=message)
                 headers["x-request-id"] = request_id
                 headers["x-total-time"] = f"{(time.perf_counter() - started) * 1000:.3f}"
             await send(message)
 
         received = 0
+        body_read = asyncio.Event()
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
-            if message["type"] == "http.request" and limit is not None:
+            if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if limit is not None and received > limit:
                     raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
+                if not message.get("more_body", False):
+                    body_read.set()
             return message
 
         try:
             headers = dict(scope["headers"])
             declared = headers.get(b"content-length")
-            if self.keys.enabled and scope["path"] not in OPEN_PATHS:
+            if self.keys.enabled and not is_open_path(scope["path"]):
                 try:
                     auth = headers.get(b"authorization", b"").decode("latin-1") or None
                     scope["simsvc.key_name"], scope["simsvc.scopes"] = self.keys.authenticate(auth)
                 except ServiceError as exc:
                     await self._reject(
+                        scope,
                         send_wrapper,
                         401,
                         exc.error_type,
@@ -99,13 +123,31 @@ class RequestMiddleware:
                 and int(declared) > limit
             ):
                 await self._reject(
+                    scope,
                     send_wrapper,
                     413,
                     "body_too_large",
                     f"request body exceeds the limit of {limit} bytes",
                 )
-            else:
-                await self.app(scope, limited_receive, send_wrapper)
+                return
+            abandoned = await self._run(scope, receive, limited_receive, send_wrapper, body_read)
+            if abandoned and not response_started:
+                status = CLIENT_CLOSED
+        except ClientDisconnect:
+            if not response_started:
+                status = CLIENT_CLOSED
+        except Exception:
+            log.exception("unhandled error (request %s)", request_id)
+            if not response_started:
+                status = 500
+                await self._reject(
+                    scope,
+                    send_wrapper,
+                    500,
+                    "internal",
+                    f"internal error (request id {request_id})",
+                    close=False,
+                )
         finally:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
@@ -123,27 +165,62 @@ class RequestMiddleware:
             )
             request_id_var.reset(token)
 
+    async def _run(
+        self,
+        scope: Scope,
+        receive: Receive,
+        app_receive: Receive,
+        send: Send,
+        body_read: asyncio.Event,
+    ) -> bool:
+        """Run the app; cancel it when its client disconnects and the route allows it.
+        True when it was abandoned so."""
+        task = asyncio.ensure_future(self.app(scope, app_receive, send))
+        abandoned = False
+
+        async def watch() -> None:
+            nonlocal abandoned
+            await body_read.wait()
+            # After the body, the server's receive() answers only on disconnect (or once
+            # the response is complete, when the task is done anyway).
+            message = await receive()
+            if message["type"] == "http.disconnect" and scope.get(ABANDONABLE) and not task.done():
+                abandoned = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not abandoned:
+                raise
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        return abandoned
+
     async def _reject(
         self,
+        scope: Scope,
         send: Send,
         status: int,
         error_type: str,
         message: str,
         extra: list[tuple[bytes, bytes]] | None = None,
+        *,
+        close: bool = True,
     ) -> None:
-        """Answer before the app runs, in the one error shape."""
+        """Answer outside the app, in the one error shape (closing the connection when the
+        request body may be left unread)."""
         self.metrics.errors.labels(error_type=error_type).inc()
-        body = orjson.dumps({"error": message, "error_type": error_type})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                    *(extra or []),
-                ],
-            }
-        )
+        body = orjson.dumps(error_body(scope["path"], error_type, message))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *(extra or []),
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
