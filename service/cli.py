@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -67,6 +68,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,
         log_config=None,
+        # SIGTERM: in-flight requests get this long, then are cancelled (the batcher fails
+        # what is still queued), so the process exits within about twice the setting.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
     )
     return 0
 

@@ -56,10 +56,12 @@ def make_engine(
         max_batch_tokens=max(settings.max_batch_tokens, core.max_length),
         max_batch_size=settings.max_batch_size,
         max_queue=settings.max_queue_texts,
+        max_queue_seconds=settings.max_queue_seconds,
         max_wait_s=settings.batch_wait_ms / 1000.0,
         retry_after=settings.retry_after_seconds,
         observer=metrics,
         workers=settings.encoder_workers,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
     )
     return Engine(
         core,
@@ -191,6 +193,7 @@ async def _start_engine(state: AppState, factory: EngineFactory | None) -> None:
             }
         )
     state.metrics.queue_capacity.set(state.settings.max_queue_texts)
+    state.metrics.queue_work_limit.set(state.settings.max_queue_seconds)
     state.engine = engine
     state.metrics.ready.set(1)
     log.info("ready: model %s, pooling %s, %d dims", engine.model_name, engine.pooling, engine.dims)

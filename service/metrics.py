@@ -108,6 +108,21 @@ class Metrics:
             "Texts the encoder queue accepts before answering 429.",
             registry=r,
         )
+        self.queue_work_gauge = Gauge(
+            "simsvc_queue_work_seconds",
+            "Estimated seconds of encoder work queued (tokens over the measured throughput).",
+            registry=r,
+        )
+        self.queue_work_limit = Gauge(
+            "simsvc_queue_work_limit_seconds",
+            "Seconds of queued work beyond which requests get 429.",
+            registry=r,
+        )
+        self.abandoned_texts = Counter(
+            "simsvc_abandoned_texts",
+            "Texts dropped from the queue unencoded because their client went away.",
+            registry=r,
+        )
         self.tokens = Counter("simsvc_tokens", "Tokens encoded.", registry=r)
         self.truncated = Counter(
             "simsvc_truncated", "Texts cut to the model's max length.", registry=r
@@ -161,6 +176,13 @@ class Metrics:
 
     def queue_wait(self, seconds: float) -> None:
         self.queue_wait_seconds.observe(seconds)
+
+    def queue_work(self, seconds: float) -> None:
+        self.queue_work_gauge.set(seconds)
+
+    def abandoned(self, items: int) -> None:
+        if items:
+            self.abandoned_texts.inc(items)
 
     def batch(self, size: int, padded_tokens: int, seconds: float) -> None:
         self.batch_size.observe(size)

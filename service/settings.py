@@ -93,7 +93,20 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=64, ge=1)
     batch_wait_ms: float = Field(default=0.0, ge=0.0)
     max_queue_texts: int = Field(default=4096, ge=1)
-    retry_after_seconds: int = Field(default=1, ge=0)
+    max_queue_seconds: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="estimated seconds of encoder work the queue may hold (from the tokens "
+        "queued and the measured throughput); a request beyond it gets 429 with a Retry-After "
+        "saying when it would fit",
+    )
+    retry_after_seconds: int = Field(default=1, ge=0, description="the least Retry-After")
+    shutdown_timeout_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        description="on SIGTERM, how long in-flight requests and queued work may take before "
+        "they are failed (503) and the process exits",
+    )
 
     # Collections (documents under data_dir/collections).
     max_documents_per_request: int = Field(
