@@ -14,11 +14,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 
 from service import __version__
 from service.api import handlers
 from service.api.auth import KeyRing
-from service.api.middleware import RequestMiddleware
+from service.api.deps import mark_abandonable
+from service.api.middleware import CLIENT_CLOSED, RequestMiddleware
 from service.api.openapi import install_docs, install_openapi
 from service.api.responses import ORJSONResponse
 from service.api.routes import collections, embeddings, health, similarity, tei
@@ -31,6 +33,7 @@ from service.runtime.collections import CollectionLimits, Collections, IndexDefa
 from service.runtime.encoder import EncoderCore, OnnxEncoder
 from service.runtime.engine import Engine, EngineLimits
 from service.runtime.head import PairHead
+from service.runtime.index import INDEX_KINDS
 from service.runtime.index import set_threads as set_index_threads
 from service.runtime.whitening import Whitening
 from service.settings import Settings
@@ -199,6 +202,33 @@ async def _start_engine(state: AppState, factory: EngineFactory | None) -> None:
     log.info("ready: model %s, pooling %s, %d dims", engine.model_name, engine.pooling, engine.dims)
 
 
+REBUILD_REASONS = ("recover", "reconfigure", "refit", "tombstones", "train")
+"""The reasons the collections report index rebuilds with."""
+
+
+def known_request_labels(app: FastAPI, keys: bool) -> list[tuple[str, str, str]]:
+    """(route, method, status) of every answer a route can give: the statuses it documents
+    (401 and 403 only when keys are configured), 500, 499 where a client that goes away
+    abandons the request, and 404 for unmatched paths."""
+    labels: list[tuple[str, str, str]] = []
+    for route in iter_route_contexts(app.routes):
+        if not route.methods or not route.path:
+            continue
+        statuses = {str(s) for s in getattr(route, "responses", None) or {}}
+        statuses |= {str(getattr(route, "status_code", None) or 200), "500"}
+        if not keys:
+            statuses -= {"401", "403"}
+        dependencies = getattr(route, "dependencies", None) or []
+        if any(d.dependency is mark_abandonable for d in dependencies):
+            statuses.add(str(CLIENT_CLOSED))
+        labels += [(route.path, m, s) for m in sorted(route.methods) for s in sorted(statuses)]
+    for method in ("GET", "POST", "PUT", "DELETE"):
+        labels.append(("unmatched", method, "404"))
+        if keys:
+            labels.append(("unmatched", method, "401"))
+    return labels
+
+
 def create_app(settings: Settings, *, engine_factory: EngineFactory | None = None) -> FastAPI:
     """The FastAPI app for these settings; `engine_factory` replaces the bundle (tests)."""
     metrics = Metrics()
@@ -248,6 +278,12 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         app.include_router(health.metrics_router)
     install_docs(app)
     install_openapi(app, state)
+    metrics.prime(
+        known_request_labels(app, keys=bool(settings.api_keys)),
+        handlers.STATUS_BY_ERROR_TYPE,
+        index_kinds=INDEX_KINDS,
+        rebuild_reasons=REBUILD_REASONS,
+    )
     app.add_middleware(
         RequestMiddleware,
         metrics=metrics,

@@ -7,6 +7,7 @@ methods, status codes, error types, collection names), never texts or ids.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -169,6 +170,29 @@ class Metrics:
         )
         self._scored = 0
         self._similar = 0
+
+    def prime(
+        self,
+        requests: Iterable[tuple[str, str, str]],
+        error_types: Iterable[str],
+        index_kinds: Iterable[str] = (),
+        rebuild_reasons: Iterable[str] = (),
+    ) -> None:
+        """Create every labelled series the service knows it may report, at 0.
+
+        A series that appears only with its first increment is invisible to `rate()` and
+        `increase()` for that increment: the first burst of 429s or 5xx would never fire an
+        alert. `requests` are (route, method, status) triples.
+        """
+        for labels in requests:
+            self.requests.labels(*labels)
+            self.request_duration.labels(*labels)
+        for error_type in error_types:
+            self.errors.labels(error_type=error_type)
+        for kind in index_kinds:
+            self.search_seconds.labels(kind=kind)
+        for reason in rebuild_reasons:
+            self.index_rebuild_seconds.labels(reason=reason)
 
     # BatchObserver
     def queue_depth(self, depth: int) -> None:
