@@ -69,16 +69,20 @@ def _embed_rules(schema: dict[str, Any], state: AppState) -> bool:
             {"properties": {"whiten": {"type": "null"}}},
         ]
     }
-    white_dims = {
-        "properties": {
-            "dimensions": {"anyOf": [{"type": "integer", "maximum": engine.dims}, {"type": "null"}]}
-        }
-    }
+    white_dims = {"anyOf": [{"type": "integer", "maximum": engine.dims}, {"type": "null"}]}
     rules: list[dict[str, Any]] = [
-        {"if": whitens, "then": {"properties": {"pooling": bundle_pooling}, **white_dims}},
+        {
+            "if": whitens,
+            "then": {"properties": {"pooling": bundle_pooling, "dimensions": white_dims}},
+        },
     ]
     if engine.whitening.fitted:  # by default, whitened exactly when the pooling is the bundle's
-        rules.append({"if": {"allOf": [unset_whiten, default_pooling]}, "then": white_dims})
+        rules.append(
+            {
+                "if": {"allOf": [unset_whiten, default_pooling]},
+                "then": {"properties": {"dimensions": white_dims}},
+            }
+        )
     schema["allOf"] = rules
     return True
 
@@ -107,9 +111,26 @@ def _constrain(node: dict[str, Any], keyword: str, value: int) -> None:
         target[keyword] = value if old is None else tighter(old, value)
 
 
+def _translate_bounds(node: Any) -> None:
+    """pydantic leaves the bounds of a validator-wrapped integer inside a union untranslated
+    (`ge`, `le`): give them JSON Schema's names."""
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for raw, keyword in (("ge", "minimum"), ("le", "maximum")):
+                if isinstance(node.get(raw), int):
+                    node[keyword] = node.pop(raw)
+        for child in node.values():
+            _translate_bounds(child)
+    elif isinstance(node, list):
+        for child in node:
+            _translate_bounds(child)
+
+
 def resolve_limits(document: Any, values: dict[str, int | None]) -> bool:
     """Replace every limit marker in place; False when some value is not known yet."""
     complete = True
+
+    _translate_bounds(document)
 
     def walk(node: Any) -> None:
         nonlocal complete

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from service.runtime.index import PARAM_RANGES
 
@@ -28,20 +28,36 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's integer: `5` or `5.0`, never `true` or `"5"`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer (not a boolean or a string)")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_whole_number)]
+"""An integer as JSON Schema means it: pydantic's lax int would take `"5"` and `true`, its
+strict int would refuse `5.0`."""
+
+
 Text = Annotated[str, Field(json_schema_extra=limit(maxLength="max_chars_per_text"))]
 TextList = Annotated[
     list[Text], Field(json_schema_extra=limit(minItems=1, maxItems="max_texts_per_request"))
 ]
 Texts = Text | TextList
 TokenIds = Annotated[
-    list[Annotated[StrictInt, Field(ge=0, json_schema_extra=limit(maximum="vocab_max_id"))]],
+    list[Annotated[Integer, Field(ge=0, json_schema_extra=limit(maximum="vocab_max_id"))]],
     Field(json_schema_extra=limit(minItems=1, maxItems="max_chars_per_text")),
 ]
 TokenIdLists = Annotated[
     list[TokenIds], Field(json_schema_extra=limit(minItems=1, maxItems="max_texts_per_request"))
 ]
 Dimensions = Annotated[
-    StrictInt | None,
+    Integer | None,
     Field(
         default=None,
         ge=1,
@@ -249,14 +265,14 @@ def _param(name: str, what: str) -> Any:
 
 
 class HnswParams(_Strict):
-    m: StrictInt | None = _param("m", "links per node")
-    ef_construction: StrictInt | None = _param("ef_construction", "candidates while building")
-    ef_search: StrictInt | None = _param("ef_search", "candidates while searching (at least k)")
+    m: Integer | None = _param("m", "links per node")
+    ef_construction: Integer | None = _param("ef_construction", "candidates while building")
+    ef_search: Integer | None = _param("ef_search", "candidates while searching (at least k)")
 
 
 class IvfParams(_Strict):
-    nlist: StrictInt | None = _param("nlist", "inverted lists; 0: about sqrt(documents)")
-    nprobe: StrictInt | None = _param("nprobe", "lists searched per query")
+    nlist: Integer | None = _param("nlist", "inverted lists; 0: about sqrt(documents)")
+    nprobe: Integer | None = _param("nprobe", "lists searched per query")
 
 
 class FlatParams(_Strict):
@@ -287,7 +303,7 @@ class CollectionOptions(_Strict):
         description="the index kind and its parameters; default: the current index, or the "
         "service's default kind for a new collection",
     )
-    dims: StrictInt | None = Field(
+    dims: Integer | None = Field(
         default=None,
         ge=1,
         description="keep the first dims whitened components",
@@ -304,7 +320,7 @@ class RefitRequest(_Strict):
 
 class SearchRequest(_Strict):
     query: Text = Field(min_length=1)
-    k: StrictInt = Field(default=10, ge=1, json_schema_extra=limit(maximum="max_search_k"))
+    k: Integer = Field(default=10, ge=1, json_schema_extra=limit(maximum="max_search_k"))
     filter: dict[FilterKey, FilterValue] = Field(
         default_factory=dict,
         description="metadata equality on every key",

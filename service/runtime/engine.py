@@ -213,9 +213,11 @@ class Engine:
                     param="input",
                 )
 
-    def _resolve_output(
+    def resolve_output(
         self, pooling: str | None, whiten: bool | None, dims: int | None
     ) -> tuple[str, bool]:
+        """The pooling and whitening a request gets; raises ValidationError for a pooling
+        the model lacks, whitening on another pooling, or dims out of range."""
         pooling, whiten = self._resolve(pooling, whiten)
         out_dims = self.whitening.dims_out if whiten else self.core.dims
         if dims is not None and not 1 <= dims <= out_dims:
@@ -238,7 +240,7 @@ class Engine:
         if whiten:
             vectors = self.whitening.apply(raw, normalize=normalize, dims=dims)
         else:
-            vectors = raw if dims is None else raw[:, :dims]
+            vectors = raw if dims is None else np.ascontiguousarray(raw[:, :dims])
             if normalize:
                 vectors = l2_normalize(vectors)
         return Embeddings(
@@ -261,7 +263,7 @@ class Engine:
     ) -> Embeddings:
         """Vectors of `texts`: pooled, whitened (bundle pooling only), cut to `dims`, normalised."""
         self._check_texts(texts, limit or self.limits.max_texts, "texts")
-        pooling, whiten = self._resolve_output(pooling, whiten, dims)
+        pooling, whiten = self.resolve_output(pooling, whiten, dims)
         pooled, tokens, timings = await self._encode(texts, truncate)
         return self._vectors(pooled, tokens, timings, pooling, whiten, normalize, dims)
 
@@ -271,7 +273,7 @@ class Engine:
         """Whitened, normalised vectors of texts given as token ids of the model's vocabulary
         (without special tokens; they are added as for text). Too long: truncated."""
         self._check_ids(ids)
-        pooling, whiten = self._resolve_output(None, None, dims)
+        pooling, whiten = self.resolve_output(None, None, dims)
         tokens = self.core.from_ids(ids)
         self._observer.tokenized(
             len(tokens), sum(len(t) for t in tokens), sum(t.truncated for t in tokens), 0.0

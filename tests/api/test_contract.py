@@ -140,14 +140,14 @@ def test_index_parameters_within_range_are_accepted(cclient: TestClient) -> None
         ("/embed", {"inputs": "x", "truncate": 0}),
         ("/embed", {"inputs": "x", "whiten": 0}),
         ("/embed", {"inputs": "x", "normalize": "true"}),
-        ("/embed", {"inputs": "x", "dimensions": 4.0}),
+        ("/embed", {"inputs": "x", "dimensions": 4.5}),
         ("/v1/similarity", {"pairs": [{"a": "x", "b": "y"}], "truncate": 1}),
         ("/similarity", {"inputs": {"source_sentence": "x", "sentences": ["y"]}, "truncate": 0}),
         ("/v1/embeddings", {"input": "x", "dimensions": True}),
         ("/v1/embeddings", {"input": "x", "dimensions": "4"}),
         ("/v1/collections/c/search", {"query": "dog", "k": "5"}),
         ("/v1/collections/c/search", {"query": "dog", "k": True}),
-        ("/v1/collections/c/search", {"query": "dog", "k": 2.0}),
+        ("/v1/collections/c/search", {"query": "dog", "k": 2.5}),
     ],
 )
 def test_booleans_and_integers_are_not_coerced(
@@ -156,8 +156,15 @@ def test_booleans_and_integers_are_not_coerced(
     _problem(cclient.post(path, json=body), 422, "validation")
 
 
+def test_integers_are_json_schema_integers(cclient: TestClient) -> None:
+    """`2.0` is an integer in JSON Schema; `"2"`, `true` and `2.5` are not."""
+    resp = cclient.post("/v1/collections/c/search", json={"query": "dog", "k": 2.0})
+    assert resp.status_code == 200 and len(resp.json()["results"]) == 2
+    assert len(cclient.post("/embed", json={"inputs": "x", "dimensions": 4.0}).json()[0]) == 4
+
+
 def test_index_parameters_are_strict_integers(cclient: TestClient) -> None:
-    for value in ("16", True, 16.0):
+    for value in ("16", True, 16.5):
         index = {"kind": "hnsw", "params": {"m": value}}
         _problem(cclient.put("/v1/collections/c", json={"index": index}), 422, "validation")
 

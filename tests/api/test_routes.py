@@ -96,6 +96,11 @@ def test_embed_pooling_whitening_and_normalize(client: TestClient) -> None:
         "validation",
     )
     _error(client.post("/embed", json={"inputs": "x", "pooling": "max"}), 422, "validation")
+    # Raw vectors cut to fewer dimensions (a column slice: once a 500 from the JSON encoder).
+    for normalize in (True, False):
+        body = {"inputs": ["the sun", "x"], "whiten": False, "dimensions": 3}
+        cut = np.array(client.post("/embed", json={**body, "normalize": normalize}).json())
+        assert cut.shape == (2, 3)
 
 
 def test_limits_answer_413(client: TestClient) -> None:

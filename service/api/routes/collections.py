@@ -210,8 +210,9 @@ async def add_documents(
         batches = ndjson_batches(request.stream(), settings.max_ndjson_line_bytes, size)
     elif media_type == "application/json":
         await parse_json_body(request)
+        payload = await request.json() if await request.body() else None
         try:
-            body = DocumentsRequest.model_validate(await request.json())
+            body = DocumentsRequest.model_validate(payload)
         except pydantic.ValidationError as exc:
             raise RequestValidationError(exc.errors()) from exc
         if len(body.documents) > settings.max_documents_per_request:

@@ -47,13 +47,13 @@ class Task:
 
 
 async def _feature_extraction(body: TEIFeatureExtraction, engine: Engine) -> ORJSONResponse:
-    """`parameters` (InferenceClient's) override the fields of the same name."""
+    """`parameters` (InferenceClient's) override the fields of the same name; both are
+    checked."""
     given = body.parameters
-    update = (
-        {}
-        if given is None
-        else given.model_dump(exclude_none=True, include={"normalize", "truncate", "dimensions"})
-    )
+    if given is None:
+        return await embed_texts(body, engine)
+    engine.resolve_output(body.pooling, body.whiten, body.dimensions)
+    update = given.model_dump(exclude_none=True, include={"normalize", "truncate", "dimensions"})
     return await embed_texts(body.model_copy(update=update), engine)
 
 
