@@ -94,11 +94,11 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=0.0, ge=0.0)
     max_queue_texts: int = Field(default=4096, ge=1)
     max_queue_seconds: float = Field(
-        default=10.0,
+        default=5.0,
         gt=0.0,
-        description="estimated seconds of encoder work the queue may hold (from the tokens "
-        "queued and the measured throughput); a request beyond it gets 429 with a Retry-After "
-        "saying when it would fit",
+        description="a request is admitted when it would be done within this many seconds, "
+        "estimated from the tokens queued ahead of it and the measured throughput; else 429 "
+        "with a Retry-After saying when it would fit. Keep it below the clients' time-outs",
     )
     retry_after_seconds: int = Field(default=1, ge=0, description="the least Retry-After")
     shutdown_timeout_s: float = Field(

@@ -6,20 +6,22 @@
   served, each to completion. A one-pair request arriving behind floods of large requests
   is served in the next window, and under overload large requests finish one after another
   (some in time) instead of all progressing slowly (none in time); no class starves.
-- **Bounded in time**: a request is admitted only while the queued work, estimated from its
-  tokens and the measured throughput, stays within `max_queue_seconds`; beyond, it is
-  refused (`QueueFullError`, a 429) with a `retry_after` that says when the queue will have
-  drained enough. `max_queue` bounds the items as well (memory).
+- **Bounded in time**: a request is admitted only when it would be done within
+  `max_queue_seconds`, estimated from the tokens queued ahead of it (its class's, times the
+  classes sharing the encoder) and the measured throughput; beyond, it is refused
+  (`QueueFullError`, a 429) with a `retry_after` that says when it would fit. A small
+  request is not refused because large ones fill the queue. `max_queue` bounds the items
+  as well (memory).
 - **Cancellable**: when a request's future is cancelled (its client went away) or fails, its
   items still queued are dropped at once and items already taken into a window are skipped
   before their batch runs; only a batch already running is finished.
 - **Stoppable within a deadline**: `stop` lets the workers finish queued work for at most
   `shutdown_timeout_s`, then fails what is left (`NotReadyError`, a 503).
 
-Each worker thread takes a window (about one batch budget of tokens, its share when several
-workers run), plans length-sorted batches that waste the least work (`plan_batches`), and
-runs them. With `max_wait_s = 0` a worker batches whatever queued while it was busy
-(continuous batching), so a lone request waits for nothing.
+Each worker thread takes a window (at most one batch of items and tokens, its share when
+several workers run), plans length-sorted batches that waste the least work
+(`plan_batches`), and runs them. With `max_wait_s = 0` a worker batches whatever queued
+while it was busy (continuous batching), so a lone request waits for nothing.
 
 The batcher is generic: items are `Tokenized` (their length is their cost), `infer` returns
 one array per output name with a row per item, in order.
@@ -165,6 +167,7 @@ class DynamicBatcher:
         self._observer: BatchObserver = observer or _NullObserver()
         self._heap: list[tuple[int, int, _Entry]] = []  # (virtual finish tag, seq, entry)
         self._class_finish: dict[int, int] = {}  # per size class, where its next job starts
+        self._class_tokens: dict[int, int] = {}  # per size class with work, tokens queued
         self._seq = itertools.count()
         self._vtime = 0
         self._garbage = 0  # heap entries of dropped jobs, skipped when popped
@@ -236,6 +239,15 @@ class DynamicBatcher:
         rate = self.tokens_per_second
         return tokens / rate if rate > 0 else 0.0
 
+    def finish_estimate(self, tokens: int) -> float:
+        """Seconds until a request of `tokens` tokens queued now would be done: its size
+        class's queued work and its own, times the classes sharing the encoder (never more
+        than all the queued work and its own). 0 until a batch was measured."""
+        size_class = tokens.bit_length()
+        ahead = self._class_tokens.get(size_class, 0) + tokens
+        classes = len(self._class_tokens) + (size_class not in self._class_tokens)
+        return self._estimate(min(self._queued_tokens + tokens, ahead * classes))
+
     def _refuse(self, items: Sequence[Tokenized], tokens: int) -> QueueFullError | None:
         """Why these items cannot be queued now, if they cannot (the caller holds the lock)."""
         if self._depth + len(items) > self._max_queue:
@@ -245,13 +257,13 @@ class DynamicBatcher:
                 f"{self._max_queue}); retry later",
                 max(self._retry_after, math.ceil(wait)),
             )
-        queued = self._estimate(self._queued_tokens)
-        total = queued + self._estimate(tokens)
-        if self._queued_tokens and total > self._max_queue_seconds:
+        wait = self.finish_estimate(tokens)
+        if self._queued_tokens and wait > self._max_queue_seconds:
             return QueueFullError(
-                f"encoder queue holds about {queued:.1f}s of work; this request would take it "
-                f"to {total:.1f}s, over the limit of {self._max_queue_seconds:g}s; retry later",
-                max(1, math.ceil(total - self._max_queue_seconds)),
+                f"this request would be done in about {wait:.1f}s (the encoder queue holds "
+                f"{self.queued_seconds():.1f}s of work), over the limit of "
+                f"{self._max_queue_seconds:g}s; retry later",
+                max(self._retry_after, math.ceil(wait - self._max_queue_seconds)),
             )
         return None
 
@@ -278,6 +290,7 @@ class DynamicBatcher:
                 tag += len(item)
                 heapq.heappush(self._heap, (tag, next(self._seq), entry))
             job.finish = self._class_finish[job.size_class] = tag
+            self._class_tokens[job.size_class] = self._class_tokens.get(job.size_class, 0) + tokens
             self._queued += len(items)
             self._queued_tokens += tokens
             self._oldest = min(self._oldest, now)
@@ -305,6 +318,7 @@ class DynamicBatcher:
             self._garbage += dropped
             self._queued -= dropped
             self._queued_tokens -= job.queued_tokens
+            self._take_class_tokens(job.size_class, job.queued_tokens)
             self._depth -= dropped
             job.queued, job.queued_tokens = 0, 0
             if self._class_finish.get(job.size_class) == job.finish:  # give its turn back
@@ -321,6 +335,13 @@ class DynamicBatcher:
 
     # -- the workers ---------------------------------------------------------------------
 
+    def _take_class_tokens(self, size_class: int, tokens: int) -> None:
+        left = self._class_tokens.get(size_class, 0) - tokens
+        if left > 0:
+            self._class_tokens[size_class] = left
+        else:
+            self._class_tokens.pop(size_class, None)
+
     def _pop(self) -> _Entry | None:
         """The live entry with the smallest tag (the caller holds the lock)."""
         while self._heap:
@@ -333,12 +354,13 @@ class DynamicBatcher:
             entry.job.queued_tokens -= len(entry.item)
             self._queued -= 1
             self._queued_tokens -= len(entry.item)
+            self._take_class_tokens(entry.job.size_class, len(entry.item))
             return entry
         return None
 
     def _take_window(self) -> list[_Entry]:
-        """Wait for work, then take the next window in fair order: about one batch budget
-        of tokens, this worker's share of the queue when several run."""
+        """Wait for work, then take the next window in fair order: at most one batch of
+        items and tokens, this worker's share of the queue when several run."""
         with self._cond:
             while not self._queued and not self._stopping:
                 self._cond.wait()
@@ -354,7 +376,9 @@ class DynamicBatcher:
             share = -(-self._queued // self._workers)  # ceil: leave the rest to the others
             window: list[_Entry] = []
             tokens = 0
-            while len(window) < share:
+            # One batch's worth: the next window, where a newly arrived small request goes,
+            # is never more than one batch away.
+            while len(window) < min(share, self._max_size):
                 head = self._heap[0][2] if self._heap else None
                 if head is None:
                     break
