@@ -39,6 +39,8 @@ class Run:
     other_errors: int = 0
     answered_texts: int = 0
     probes: list[float] = field(default_factory=list)
+    probe_queue: list[float] = field(default_factory=list)
+    """The probe's x-queue-time: seconds its texts waited for the encoder, server-side."""
     probe_failures: int = 0
     missing_retry_after: int = 0
 
@@ -91,6 +93,7 @@ async def drive(url: str, args: argparse.Namespace, texts: list[str]) -> Run:
                 resp = await http.post("/v1/similarity", json=pair, timeout=120)
                 if resp.status_code == 200:
                     run.probes.append(time.monotonic() - sent)
+                    run.probe_queue.append(float(resp.headers.get("x-queue-time", "nan")) / 1000)
                 else:
                     run.probe_failures += 1
             except httpx.HTTPError:
@@ -148,6 +151,7 @@ def main() -> None:
             server.stop()
         wasted = max(0.0, encoded - run.answered_texts - len(run.probes) * 2)
         probes = run.probes or [float("nan")]
+        queue = run.probe_queue or [float("nan")]
         rows.append(
             [
                 name,
@@ -159,6 +163,7 @@ def main() -> None:
                 f"{median(probes) * 1000:.0f}",
                 f"{percentile(probes, 99) * 1000:.0f}",
                 f"{max(probes) * 1000:.0f}",
+                f"{median(queue) * 1000:.0f} / {percentile(queue, 99) * 1000:.0f}",
                 run.probe_failures,
                 run.missing_retry_after,
             ]
@@ -180,6 +185,7 @@ def main() -> None:
                 "probe p50 ms",
                 "probe p99 ms",
                 "probe max ms",
+                "probe queue p50 / p99 ms",
                 "probe failures",
                 "429 without Retry-After",
             ],

@@ -27,7 +27,7 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     "`text_too_long`, `body_too_large`",
     415: "the body's content type is not one the route reads: `unsupported_media_type`",
     422: "malformed JSON, invalid Unicode, wrong types, or values out of range: `validation`",
-    429: "the encoder queue holds more work than it can finish in time: `queue_full`; "
+    429: "the request would not be done within the queue's time limit: `queue_full`; "
     "retry after `Retry-After` seconds",
     503: "the model is loading or the service is shutting down: `not_ready`",
 }
