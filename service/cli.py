@@ -36,6 +36,20 @@ def _configure_logging(level: str = "info", json_lines: bool = False) -> None:
     configure_logging(level, json_lines)
 
 
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for `simsvc serve`: the service writes its own access log, and on
+    SIGTERM in-flight requests get `shutdown_timeout_s`, then are cancelled (the batcher
+    fails what is still queued), so the process exits within about twice the setting."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_timeout_s),
+    }
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -61,17 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         start_http_server(
             settings.metrics_port, addr=settings.host, registry=app.state.simsvc.metrics.registry
         )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        log_config=None,
-        # SIGTERM: in-flight requests get this long, then are cancelled (the batcher fails
-        # what is still queued), so the process exits within about twice the setting.
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
-    )
+    uvicorn.run(app, **server_options(settings))
     return 0
 
 

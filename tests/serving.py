@@ -1,5 +1,5 @@
 """A real uvicorn server on loopback, in a thread, for tests that need real sockets: client
-libraries, keep-alive, disconnects, overload."""
+libraries, keep-alive, disconnects, overload, shutdown."""
 
 from __future__ import annotations
 
@@ -8,21 +8,36 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import httpx
 import uvicorn
 from fastapi import FastAPI
 
+from service.cli import server_options
+
+
+@dataclass
+class LiveServer:
+    url: str
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def shut_down(self, timeout: float = 60.0) -> float:
+        """Ask the server to exit, as SIGTERM does; the seconds until it has."""
+        started = time.monotonic()
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        return time.monotonic() - started
+
 
 @contextmanager
-def live_server(app: FastAPI, ready_timeout: float = 60.0, **config: object) -> Iterator[str]:
-    """Serve `app` on 127.0.0.1 on a free port; yields the base URL once /ready answers 200.
-
-    Uses the same uvicorn options as `simsvc serve` (no access log of uvicorn's own: the
-    service writes its own)."""
-    options: dict[str, object] = {"log_config": None, "access_log": False, "lifespan": "on"}
-    options.update(config)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, **options))  # type: ignore[arg-type]
+def running_server(app: FastAPI, ready_timeout: float = 60.0) -> Iterator[LiveServer]:
+    """Serve `app` on 127.0.0.1 on a free port with `simsvc serve`'s uvicorn options; yields
+    once /ready answers 200."""
+    options = server_options(app.state.simsvc.settings)
+    options.update(host="127.0.0.1", port=0, lifespan="on")
+    server = uvicorn.Server(uvicorn.Config(app, **options))
     loop = asyncio.new_event_loop()
 
     def run() -> None:
@@ -42,8 +57,15 @@ def live_server(app: FastAPI, ready_timeout: float = 60.0, **config: object) -> 
         if time.monotonic() > deadline:
             raise RuntimeError(f"not ready: {httpx.get(f'{url}/ready').text}")
         time.sleep(0.02)
+    live = LiveServer(url, server, thread)
     try:
-        yield url
+        yield live
     finally:
-        server.should_exit = True
-        thread.join(60)
+        live.shut_down()
+
+
+@contextmanager
+def live_server(app: FastAPI, ready_timeout: float = 60.0) -> Iterator[str]:
+    """`running_server`, yielding its base URL."""
+    with running_server(app, ready_timeout) as live:
+        yield live.url

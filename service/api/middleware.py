@@ -136,6 +136,20 @@ class RequestMiddleware:
         except ClientDisconnect:
             if not response_started:
                 status = CLIENT_CLOSED
+        except asyncio.CancelledError:
+            # The server cancels what is still running when its graceful shutdown times out:
+            # tell the client to retry elsewhere rather than leave it a bare 500.
+            if not response_started:
+                status = 503
+                with contextlib.suppress(Exception):
+                    await self._reject(
+                        scope,
+                        send_wrapper,
+                        503,
+                        "not_ready",
+                        "the service is shutting down; retry on another replica",
+                    )
+            raise
         except Exception:
             log.exception("unhandled error (request %s)", request_id)
             if not response_started:

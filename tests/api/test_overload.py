@@ -21,7 +21,7 @@ from service.runtime.types import FloatArray
 from service.settings import Settings
 from tests.api.conftest import DIMS, fake_factory
 from tests.fakes import FakeEncoder
-from tests.serving import live_server
+from tests.serving import live_server, running_server
 
 
 class RecordingEncoder(FakeEncoder):
@@ -78,7 +78,7 @@ def test_the_work_of_a_client_that_timed_out_is_not_done() -> None:
     core = RecordingEncoder(delay=0.05)
     settings = _settings(max_queue_seconds=30.0)
     app = create_app(settings, engine_factory=fake_factory(core))
-    with live_server(app, timeout_graceful_shutdown=5) as url:
+    with live_server(app) as url:
         busy_words, gone_words = distinct_words("busy", 64), distinct_words("gone", 64)
         busy = [f"{w} words here" for w in busy_words]
         gone = [f"{w} words here" for w in gone_words]
@@ -118,7 +118,7 @@ def test_bounded_overload_degrades_gracefully() -> None:
     settings = _settings(max_queue_seconds=1.5)
     app = create_app(settings, engine_factory=fake_factory(core))
     tally = Tally()
-    with live_server(app, timeout_graceful_shutdown=5) as url:
+    with live_server(app) as url:
         words = iter(distinct_words("w", 5000))
 
         async def flood(client: httpx.AsyncClient, until: float, patience: float) -> None:
@@ -176,3 +176,36 @@ def test_bounded_overload_degrades_gracefully() -> None:
         f"statuses {tally.statuses}, client timeouts {tally.timeouts}, "
         f"probe p50 {np.median(tally.probes) * 1000:.0f} ms, max {worst * 1000:.0f} ms"
     )
+
+
+def test_shutdown_ends_within_its_timeout_under_load() -> None:
+    """SIGTERM with ~16 s of queued work: the server exits within about twice
+    shutdown_timeout_s, and every client gets an answer or a closed connection."""
+    core = RecordingEncoder(delay=0.2)
+    settings = _settings(max_queue_seconds=60.0, max_batch_size=4, shutdown_timeout_s=1.0)
+    app = create_app(settings, engine_factory=fake_factory(core))
+    outcomes: list[str] = []
+
+    with running_server(app) as live:
+
+        async def client(http: httpx.AsyncClient, n: int) -> None:
+            texts = [f"client{n} text {i}" for i in range(16)]
+            try:
+                resp = await http.post("/embed", json={"inputs": texts}, timeout=30)
+                outcomes.append(str(resp.status_code))
+            except httpx.HTTPError as exc:
+                outcomes.append(type(exc).__name__)
+
+        async def main() -> None:
+            async with httpx.AsyncClient(base_url=live.url) as http:
+                tasks = [asyncio.create_task(client(http, n)) for n in range(20)]
+                await asyncio.sleep(0.5)
+                took = await asyncio.to_thread(live.shut_down, 30)
+                assert took <= 2 * settings.shutdown_timeout_s + 1.5, f"shutdown took {took:.1f}s"
+                await asyncio.wait_for(asyncio.gather(*tasks), 10)
+
+        asyncio.run(main())
+    print("outcomes", sorted(outcomes))
+    assert len(outcomes) == 20, outcomes
+    assert not any(o.startswith("5") and o != "503" for o in outcomes), outcomes
+    assert sum(core.batches[1:]) < 20 * 16, "the queued work was all done anyway"
