@@ -10,7 +10,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
-from service.api.middleware import ABANDONABLE
+from service.api.middleware import abandon_on_disconnect
 from service.api.state import AppState
 from service.errors import NotReadyError
 from service.runtime.collections import Collections
@@ -48,8 +48,8 @@ CollectionsDep = Annotated[Collections, Depends(get_collections)]
 
 
 async def mark_abandonable(request: Request) -> None:
-    """The route's work may be dropped when its client disconnects (it writes nothing)."""
-    request.scope[ABANDONABLE] = True
+    """The route's work is dropped when its client disconnects (it writes nothing)."""
+    abandon_on_disconnect(request.scope)
 
 
 Abandonable = Depends(mark_abandonable)

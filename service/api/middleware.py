@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import orjson
 from starlette.datastructures import MutableHeaders
@@ -28,9 +29,41 @@ access_log = logging.getLogger("simsvc.access")
 log = logging.getLogger("simsvc.api")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
-ABANDONABLE = "simsvc.abandonable"
-"""Scope key a route sets (`service.api.deps.Abandonable`) when its work may be dropped the
-moment its client disconnects: pure computation, nothing half-written."""
+_DISCONNECT = "simsvc.disconnect"
+"""Scope key of what `abandon_on_disconnect` needs: the server's receive, an event set once
+the body is read, and whether the response is complete."""
+_ABANDONED = "simsvc.abandoned"
+_WATCHER = "simsvc.watcher"
+
+
+@dataclass
+class _Disconnect:
+    receive: Receive
+    body_read: asyncio.Event = field(default_factory=asyncio.Event)
+    responded: bool = False
+
+
+def abandon_on_disconnect(scope: Scope) -> None:
+    """Cancel the current request's task when its client disconnects (it times out, or goes
+    away), so its queued encoder work is dropped instead of done for nobody. For routes that
+    only compute (`service.api.deps.Abandonable`): nothing is left half-written."""
+    state: _Disconnect | None = scope.get(_DISCONNECT)
+    task = asyncio.current_task()
+    if state is None or task is None or _WATCHER in scope:
+        return
+
+    async def watch() -> None:
+        await state.body_read.wait()
+        # After the body, the server's receive() answers only on disconnect (or once the
+        # response is complete: then `responded` is set and nothing is cancelled).
+        message = await state.receive()
+        if message["type"] == "http.disconnect" and not state.responded:
+            scope[_ABANDONED] = True
+            task.cancel()
+
+    scope[_WATCHER] = asyncio.ensure_future(watch())
+
+
 CLIENT_CLOSED = 499
 """The status recorded (never sent) for a request whose client went away first (nginx's)."""
 
@@ -41,11 +74,10 @@ class RequestMiddleware:
     `streams` names the requests whose body is a stream of any length, bounded piecewise by
     their route instead (an NDJSON upload); every other body is bounded by `max_body_bytes`.
 
-    Once a request's body is read, a watcher waits for its client to disconnect; an
-    abandonable request is then cancelled, so its queued encoder work is dropped instead of
-    done for nobody. An unexpected exception is logged once and answered with a 500 here,
-    keeping the connection open (Starlette's outer error middleware would log it again and
-    make the server close the connection).
+    An abandonable request is cancelled when its client disconnects
+    (`abandon_on_disconnect`), and recorded as 499. An unexpected exception is logged once
+    and answered with a 500 here, keeping the connection open (Starlette's outer error
+    middleware would log it again and make the server close the connection).
     """
 
     def __init__(
@@ -75,8 +107,13 @@ class RequestMiddleware:
         response_started = False
         limit = None if self.streams is not None and self.streams(scope) else self.max_body
 
+        disconnect = _Disconnect(receive)
+        scope[_DISCONNECT] = disconnect
+
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                disconnect.responded = True
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
@@ -86,7 +123,6 @@ class RequestMiddleware:
             await send(message)
 
         received = 0
-        body_read = asyncio.Event()
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -96,7 +132,7 @@ class RequestMiddleware:
                 if limit is not None and received > limit:
                     raise HTTPException(413, f"request body exceeds the limit of {limit} bytes")
                 if not message.get("more_body", False):
-                    body_read.set()
+                    disconnect.body_read.set()
             return message
 
         try:
@@ -130,13 +166,18 @@ class RequestMiddleware:
                     f"request body exceeds the limit of {limit} bytes",
                 )
                 return
-            abandoned = await self._run(scope, receive, limited_receive, send_wrapper, body_read)
-            if abandoned and not response_started:
-                status = CLIENT_CLOSED
+            await self.app(scope, limited_receive, send_wrapper)
         except ClientDisconnect:
             if not response_started:
                 status = CLIENT_CLOSED
         except asyncio.CancelledError:
+            if scope.get(_ABANDONED):  # its client went away: nobody to answer
+                task = asyncio.current_task()
+                if task is not None and hasattr(task, "uncancel"):
+                    task.uncancel()
+                if not response_started:
+                    status = CLIENT_CLOSED
+                return
             # The server cancels what is still running when its graceful shutdown times out:
             # tell the client to retry elsewhere rather than leave it a bare 500.
             if not response_started:
@@ -163,6 +204,9 @@ class RequestMiddleware:
                     close=False,
                 )
         finally:
+            watcher = scope.pop(_WATCHER, None)
+            if watcher is not None:
+                watcher.cancel()
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             labels = (path, scope.get("method", ""), str(status))
@@ -178,41 +222,6 @@ class RequestMiddleware:
                 scope.get("simsvc.key_name", "-"),
             )
             request_id_var.reset(token)
-
-    async def _run(
-        self,
-        scope: Scope,
-        receive: Receive,
-        app_receive: Receive,
-        send: Send,
-        body_read: asyncio.Event,
-    ) -> bool:
-        """Run the app; cancel it when its client disconnects and the route allows it.
-        True when it was abandoned so."""
-        task = asyncio.ensure_future(self.app(scope, app_receive, send))
-        abandoned = False
-
-        async def watch() -> None:
-            nonlocal abandoned
-            await body_read.wait()
-            # After the body, the server's receive() answers only on disconnect (or once
-            # the response is complete, when the task is done anyway).
-            message = await receive()
-            if message["type"] == "http.disconnect" and scope.get(ABANDONABLE) and not task.done():
-                abandoned = True
-                task.cancel()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await task
-        except asyncio.CancelledError:
-            if not abandoned:
-                raise
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        return abandoned
 
     async def _reject(
         self,
