@@ -9,7 +9,7 @@ built again until then, and kept once it is complete.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -199,37 +199,29 @@ def install_docs(app: FastAPI) -> None:
         name="docs-assets",
     )
     title = f"{app.title} {app.version}"
-
-    def page(render: Callable[[], HTMLResponse]) -> Callable[[Request], Any]:
-        async def endpoint(request: Request) -> HTMLResponse:
-            return render()
-
-        return endpoint
-
-    app.add_route(
-        "/docs",
-        page(
-            lambda: get_swagger_ui_html(
-                openapi_url="/openapi.json",
-                title=f"{title} - Swagger UI",
-                swagger_js_url=f"{DOCS_ASSETS}swagger-ui-bundle.js",
-                swagger_css_url=f"{DOCS_ASSETS}swagger-ui.css",
-                swagger_favicon_url=f"{DOCS_ASSETS}favicon.png",
-                swagger_ui_parameters={"validatorUrl": None},
-            )
+    pages = {
+        "/docs": get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},
         ),
-        include_in_schema=False,
-    )
-    app.add_route(
-        "/redoc",
-        page(
-            lambda: get_redoc_html(
-                openapi_url="/openapi.json",
-                title=f"{title} - ReDoc",
-                redoc_js_url=f"{DOCS_ASSETS}redoc.standalone.js",
-                redoc_favicon_url=f"{DOCS_ASSETS}favicon.png",
-                with_google_fonts=False,
-            )
+        "/redoc": get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}favicon.png",
+            with_google_fonts=False,
         ),
-        include_in_schema=False,
-    )
+    }
+    for path, page in pages.items():
+        app.add_route(path, _serve(bytes(page.body)), include_in_schema=False)
+
+
+def _serve(html: bytes) -> Callable[[Request], Awaitable[HTMLResponse]]:
+    async def endpoint(request: Request) -> HTMLResponse:
+        return HTMLResponse(html)
+
+    return endpoint

@@ -1,11 +1,11 @@
 """The API's promises from issue 13: no 500 from any input, strict types, bounded filters and
 index parameters, one error shape per route family, honest 405s, server errors that neither
-drop the connection nor log twice, log lines that cannot be forged."""
+drop the connection nor log twice, documentation that works offline (log forging: in
+test_logs.py)."""
 
 from __future__ import annotations
 
 import http.client
-import io
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.logs import make_handler
 from service.main import create_app
 from service.settings import Settings
 from tests.api.conftest import fake_factory
@@ -218,26 +217,6 @@ def test_a_server_error_keeps_the_connection_and_logs_once(
         conn.close()
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1, [r.getMessage() for r in tracebacks]
-
-
-# Finding 7: a control character in the URL cannot start a fake log line.
-def test_plain_log_lines_escape_control_characters(cclient: TestClient) -> None:
-    stream = io.StringIO()
-    handler = make_handler(stream, json_lines=False)
-    logger = logging.getLogger("simsvc")
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        forged = "/v1/collections/c/documents/x%0A2026-01-01 00:00:00 ERROR simsvc forged%0D"
-        assert cclient.get(forged).status_code == 404
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-    lines = stream.getvalue().splitlines()
-    assert not any(line.startswith("2026-01-01") for line in lines), lines
-    access = [line for line in lines if "simsvc.access" in line]
-    assert len(access) == 1 and "\\n2026-01-01" in access[0] and "\\r" in access[0], access
 
 
 # Finding 6: documentation that works offline and says what the service does.
