@@ -96,7 +96,15 @@ def percentile(values: Sequence[float], q: float) -> float:
 class Server:
     """`simsvc serve` in a subprocess, waited on until /ready."""
 
-    def __init__(self, bundle: Path, port: int, threads: int, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        bundle: Path,
+        port: int,
+        threads: int,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
+        """`cwd` (with PYTHONPATH in `env`) runs another checkout's service."""
         self.port = port
         full_env = {**os.environ, "SIMSVC_LOG_LEVEL": "warning", **(env or {})}
         self.proc = subprocess.Popen(
@@ -113,6 +121,7 @@ class Server:
                 str(threads),
             ],
             env=full_env,
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -33,6 +34,20 @@ def _configure_logging(level: str = "info", json_lines: bool = False) -> None:
     from service.logs import configure_logging
 
     configure_logging(level, json_lines)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for `simsvc serve`: the service writes its own access log, and on
+    SIGTERM in-flight requests get `shutdown_timeout_s`, then are cancelled (the batcher
+    fails what is still queued), so the process exits within about twice the setting."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level,
+        "access_log": False,
+        "log_config": None,
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_timeout_s),
+    }
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -62,14 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         start_http_server(
             settings.metrics_port, addr=settings.host, registry=app.state.simsvc.metrics.registry
         )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
-        log_config=None,
-    )
+    uvicorn.run(app, **server_options(settings))
     return 0
 
 

@@ -81,6 +81,8 @@ class ServiceClient:
                     detail = resp.json().get("error", resp.text)
                 except ValueError:
                     detail = resp.text
+                if isinstance(detail, dict):  # OpenAI's error object (the /v1 routes)
+                    detail = detail.get("message", detail)
                 raise ClientError(f"{method} {path}: {resp.status_code}: {detail}")
             return resp.json()
         raise AssertionError("unreachable")

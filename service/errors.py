@@ -11,9 +11,11 @@ class ServiceError(Exception):
 
     error_type = "internal"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.param = param
+        """The request field at fault, when one is (OpenAI's error `param`)."""
 
 
 class ValidationError(ServiceError):
@@ -54,6 +56,7 @@ class QueueFullError(ServiceError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        """Seconds after which a retry is likely to be admitted (the Retry-After header)."""
 
 
 class NotReadyError(ServiceError):

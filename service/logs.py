@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import IO
 
@@ -33,6 +34,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char, f"\\x{ord(char):02x}")
+
+
+class PlainFormatter(logging.Formatter):
+    """One line per message: control characters in it (a `%0A` in a URL, say) are escaped,
+    and the lines of a traceback that follows are indented, so nothing a client sends can
+    start a line that looks like a record of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _CONTROL.sub(_escape, record.message)
+        return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        first, *rest = super().format(record).split("\n")
+        return "\n".join([first, *("  " + line for line in rest)])
+
+
 def make_handler(stream: IO[str] | None = None, json_lines: bool = False) -> logging.Handler:
     """A handler that stamps each record with the request id, as text or JSON lines."""
     handler = logging.StreamHandler(stream)
@@ -40,7 +63,7 @@ def make_handler(stream: IO[str] | None = None, json_lines: bool = False) -> log
     handler.setFormatter(
         JsonFormatter()
         if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        else PlainFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
     )
     return handler
 

@@ -15,13 +15,16 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 
 from service import __version__
 from service.api import handlers
 from service.api.auth import KeyRing
-from service.api.middleware import RequestMiddleware
+from service.api.deps import mark_abandonable
+from service.api.middleware import CLIENT_CLOSED, RequestMiddleware
+from service.api.openapi import install_docs, install_openapi
 from service.api.responses import ORJSONResponse
-from service.api.routes import collections, embeddings, health, rerank, similarity
+from service.api.routes import collections, embeddings, health, rerank, similarity, tei
 from service.api.state import AppState
 from service.errors import BundleError
 from service.metrics import Metrics
@@ -33,8 +36,9 @@ from service.runtime.encoder import EncoderCore, OnnxEncoder
 from service.runtime.engine import Engine, EngineLimits
 from service.runtime.fusion import FusionParams
 from service.runtime.head import Calibration, PairHead
+from service.runtime.index import INDEX_KINDS
 from service.runtime.index import set_threads as set_index_threads
-from service.runtime.search import SearchDefaults, SearchLimits
+from service.runtime.search import SEARCH_MODES, SearchDefaults, SearchLimits
 from service.runtime.store.base import CollectionStore
 from service.runtime.store.local import LocalStore
 from service.runtime.store.local_collection import LocalOptions
@@ -63,10 +67,12 @@ def _batcher(
         max_batch_tokens=max_tokens,
         max_batch_size=max_size,
         max_queue=max_queue,
+        max_queue_seconds=settings.max_queue_seconds,
         max_wait_s=settings.batch_wait_ms / 1000.0,
         retry_after=settings.retry_after_seconds,
         observer=observer,
         workers=settings.encoder_workers,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
     )
 
 
@@ -340,8 +346,36 @@ async def _start_engine(state: AppState, factory: EngineFactory | None) -> None:
             }
         )
     state.metrics.queue_capacity.set(state.settings.max_queue_texts)
+    state.metrics.queue_work_limit.set(state.settings.max_queue_seconds)
     state.engine = engine
     log.info("ready: model %s, pooling %s, %d dims", engine.model_name, engine.pooling, engine.dims)
+
+
+REBUILD_REASONS = ("recover", "reconfigure", "refit", "tombstones", "train", "repair", "lexical")
+"""The reasons the collections report index rebuilds with."""
+
+
+def known_request_labels(app: FastAPI, keys: bool) -> list[tuple[str, str, str]]:
+    """(route, method, status) of every answer a route can give: the statuses it documents
+    (401 and 403 only when keys are configured), 500, 499 where a client that goes away
+    abandons the request, and 404 for unmatched paths."""
+    labels: list[tuple[str, str, str]] = []
+    for route in iter_route_contexts(app.routes):
+        if not route.methods or not route.path:
+            continue
+        statuses = {str(s) for s in getattr(route, "responses", None) or {}}
+        statuses |= {str(getattr(route, "status_code", None) or 200), "500"}
+        if not keys:
+            statuses -= {"401", "403"}
+        dependencies = getattr(route, "dependencies", None) or []
+        if any(d.dependency is mark_abandonable for d in dependencies):
+            statuses.add(str(CLIENT_CLOSED))
+        labels += [(route.path, m, s) for m in sorted(route.methods) for s in sorted(statuses)]
+    for method in ("GET", "POST", "PUT", "DELETE"):
+        labels.append(("unmatched", method, "404"))
+        if keys:
+            labels.append(("unmatched", method, "401"))
+    return labels
 
 
 def create_app(settings: Settings, *, engine_factory: EngineFactory | None = None) -> FastAPI:
@@ -382,19 +416,32 @@ def create_app(settings: Settings, *, engine_factory: EngineFactory | None = Non
         summary="Semantic similarity on BERT: scores, embeddings, search.",
         default_response_class=ORJSONResponse,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.simsvc = state
     handlers.install(app)
-    for router in (
+    routers = (
         similarity.router,
         rerank.router,
         embeddings.router,
+        tei.router,
         collections.router,
         health.router,
-    ):
+    )
+    for router in routers:
         app.include_router(router)
     if settings.metrics_port is None:  # else `simsvc serve` exposes them on their own port
         app.include_router(health.metrics_router)
+    install_docs(app)
+    install_openapi(app, state)
+    metrics.prime(
+        known_request_labels(app, keys=bool(settings.api_keys)),
+        handlers.STATUS_BY_ERROR_TYPE,
+        index_kinds=(*INDEX_KINDS, "exact", "lexical"),
+        rebuild_reasons=REBUILD_REASONS,
+        search_modes=SEARCH_MODES,
+    )
     app.add_middleware(
         RequestMiddleware,
         metrics=metrics,

@@ -7,6 +7,7 @@ methods, status codes, error types, collection names), never texts or ids.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -66,6 +67,8 @@ class _StageMetrics:
     tokenize_seconds: Histogram
     tokens: Counter
     truncated: Counter
+    queue_work_gauge: Gauge
+    abandoned_texts: Counter
 
     # BatchObserver
     def queue_depth(self, depth: int) -> None:
@@ -73,6 +76,13 @@ class _StageMetrics:
 
     def queue_wait(self, seconds: float) -> None:
         self.queue_wait_seconds.observe(seconds)
+
+    def queue_work(self, seconds: float) -> None:
+        self.queue_work_gauge.set(seconds)
+
+    def abandoned(self, items: int) -> None:
+        if items:
+            self.abandoned_texts.inc(items)
 
     def batch(self, size: int, padded_tokens: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -141,6 +151,21 @@ class Metrics(_StageMetrics):
             "Texts the encoder queue accepts before answering 429.",
             registry=r,
         )
+        self.queue_work_gauge = Gauge(
+            "simsvc_queue_work_seconds",
+            "Estimated seconds of encoder work queued (tokens over the measured throughput).",
+            registry=r,
+        )
+        self.queue_work_limit = Gauge(
+            "simsvc_queue_work_limit_seconds",
+            "Seconds of queued work beyond which requests get 429.",
+            registry=r,
+        )
+        self.abandoned_texts = Counter(
+            "simsvc_abandoned_texts",
+            "Texts dropped from the queue unencoded because their client went away.",
+            registry=r,
+        )
         self.tokens = Counter("simsvc_tokens", "Tokens encoded.", registry=r)
         self.truncated = Counter(
             "simsvc_truncated", "Texts cut to the model's max length.", registry=r
@@ -202,6 +227,32 @@ class Metrics(_StageMetrics):
         self._scored = 0
         self._similar = 0
         self.cross = CrossMetrics(r)
+
+    def prime(
+        self,
+        requests: Iterable[tuple[str, str, str]],
+        error_types: Iterable[str],
+        index_kinds: Iterable[str] = (),
+        rebuild_reasons: Iterable[str] = (),
+        search_modes: Iterable[str] = (),
+    ) -> None:
+        """Create every labelled series the service knows it may report, at 0.
+
+        A series that appears only with its first increment is invisible to `rate()` and
+        `increase()` for that increment: the first burst of 429s or 5xx would never fire an
+        alert. `requests` are (route, method, status) triples.
+        """
+        for labels in requests:
+            self.requests.labels(*labels)
+            self.request_duration.labels(*labels)
+        for error_type in error_types:
+            self.errors.labels(error_type=error_type)
+        for kind in index_kinds:
+            self.search_seconds.labels(kind=kind)
+        for reason in rebuild_reasons:
+            self.index_rebuild_seconds.labels(reason=reason)
+        for mode in search_modes:
+            self.search_request_seconds.labels(mode=mode)
 
     # CollectionObserver
     def documents(self, collection: str, count: int) -> None:
@@ -279,6 +330,16 @@ class CrossMetrics(_StageMetrics):
         self.queue_capacity = Gauge(
             "simsvc_cross_queue_capacity",
             "Pairs the cross-encoder queue accepts before answering 429.",
+            registry=r,
+        )
+        self.queue_work_gauge = Gauge(
+            "simsvc_cross_queue_work_seconds",
+            "Estimated seconds of cross-encoder work queued.",
+            registry=r,
+        )
+        self.abandoned_texts = Counter(
+            "simsvc_cross_abandoned_pairs",
+            "Pairs dropped from the cross-encoder queue unscored because their client went away.",
             registry=r,
         )
         self.tokens = Counter("simsvc_cross_tokens", "Pair tokens scored.", registry=r)

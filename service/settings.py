@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.runtime.index import PARAM_RANGES
 from service.runtime.lexical import AnalyzerName
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +94,20 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=64, ge=1)
     batch_wait_ms: float = Field(default=0.0, ge=0.0)
     max_queue_texts: int = Field(default=4096, ge=1)
-    retry_after_seconds: int = Field(default=1, ge=0)
+    max_queue_seconds: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="a request is admitted when it would be done within this many seconds, "
+        "estimated from the tokens queued ahead of it and the measured throughput; else 429 "
+        "with a Retry-After saying when it would fit. Keep it below the clients' time-outs",
+    )
+    retry_after_seconds: int = Field(default=1, ge=0, description="the least Retry-After")
+    shutdown_timeout_s: float = Field(
+        default=10.0,
+        ge=0.0,
+        description="on SIGTERM, how long in-flight requests and queued work may take before "
+        "they are failed (503) and the process exits",
+    )
 
     # Collection store.
     store: SecretStr | None = Field(
@@ -136,6 +150,11 @@ class Settings(BaseSettings):
     )
     max_collections: int = Field(default=256, ge=1)
     max_search_k: int = Field(default=1000, ge=1)
+    max_filter_keys: int = Field(default=16, ge=1, description="keys in a search filter")
+    max_filter_key_chars: int = Field(default=128, ge=1)
+    max_filter_value_chars: int = Field(
+        default=1024, ge=1, description="characters of a string value in a search filter"
+    )
     search_filter_oversample: int = Field(
         default=10, ge=1, description="a filtered search first fetches k times this"
     )
@@ -192,6 +211,13 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(default=512, ge=1)
     ivf_nlist: int = Field(default=0, ge=0, description="0: about sqrt(documents)")
     ivf_nprobe: int = Field(default=48, ge=1)
+    # Upper bounds of the index parameters a collection may ask for: an admin request can
+    # make an index slow, never unusable (each is capped by index.PARAM_RANGES).
+    hnsw_max_m: int = Field(default=64, ge=2, le=PARAM_RANGES["m"][1])
+    hnsw_max_ef_construction: int = Field(default=1024, ge=1, le=PARAM_RANGES["ef_construction"][1])
+    hnsw_max_ef_search: int = Field(default=4096, ge=1, le=PARAM_RANGES["ef_search"][1])
+    ivf_max_nlist: int = Field(default=65536, ge=1, le=PARAM_RANGES["nlist"][1])
+    ivf_max_nprobe: int = Field(default=4096, ge=1, le=PARAM_RANGES["nprobe"][1])
     ivf_min_documents: int = Field(
         default=1000, ge=1, description="an ivf collection is searched exactly until this size"
     )
@@ -216,3 +242,28 @@ class Settings(BaseSettings):
     api_keys: list[ApiKey] = Field(default_factory=list)
 
     onnx_provider: Literal["cpu"] = "cpu"
+
+    @model_validator(mode="after")
+    def _defaults_within_bounds(self) -> Settings:
+        """The default index parameters must be ones a request could ask for."""
+        for kind, name in (
+            ("hnsw", "m"),
+            ("hnsw", "ef_construction"),
+            ("hnsw", "ef_search"),
+            ("ivf", "nlist"),
+            ("ivf", "nprobe"),
+        ):
+            value, bound = getattr(self, f"{kind}_{name}"), getattr(self, f"{kind}_max_{name}")
+            if value > bound:
+                raise ValueError(f"{kind}_{name}={value} exceeds {kind}_max_{name}={bound}")
+        return self
+
+    def index_bounds(self) -> dict[str, int]:
+        """The largest value a request may give each index parameter."""
+        return {
+            "m": self.hnsw_max_m,
+            "ef_construction": self.hnsw_max_ef_construction,
+            "ef_search": self.hnsw_max_ef_search,
+            "nlist": self.ivf_max_nlist,
+            "nprobe": self.ivf_max_nprobe,
+        }

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.runtime.encoder import Tokenized
+from service.runtime.encoder import Tokenized, wrap_ids
 from service.runtime.types import POOLINGS, FloatArray
 
 
@@ -40,6 +40,13 @@ class FakeEncoder:
     @property
     def max_length(self) -> int:
         return self._max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return 31_000
+
+    def from_ids(self, ids: Sequence[Sequence[int]]) -> list[Tokenized]:
+        return wrap_ids(ids, [101], [102], self._max_length)
 
     def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
         out = []

@@ -17,7 +17,16 @@ from service.errors import ForbiddenError, UnauthorizedError
 from service.settings import ApiKey, Scope
 
 ALL_SCOPES: frozenset[str] = frozenset({"read", "write", "admin"})
-OPEN_PATHS: frozenset[str] = frozenset({"/health", "/live", "/ready", "/metrics"})
+OPEN_PATHS: frozenset[str] = frozenset(
+    {"/health", "/live", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json"}
+)
+"""Routes answered without a key: probes, the scrape, and the API's own documentation."""
+DOCS_ASSETS = "/docs-assets/"
+
+
+def is_open_path(path: str) -> bool:
+    """Probes, metrics and the documentation (pages, OpenAPI document, their assets)."""
+    return path in OPEN_PATHS or path.startswith(DOCS_ASSETS)
 
 
 class KeyRing:

@@ -10,6 +10,7 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
+from service.api.middleware import abandon_on_disconnect
 from service.api.state import AppState
 from service.errors import NotReadyError
 from service.runtime.collections import Collections
@@ -44,3 +45,11 @@ async def get_collections(state: StateDep) -> Collections:
 
 
 CollectionsDep = Annotated[Collections, Depends(get_collections)]
+
+
+async def mark_abandonable(request: Request) -> None:
+    """The route's work is dropped when its client disconnects (it writes nothing)."""
+    abandon_on_disconnect(request.scope)
+
+
+Abandonable = Depends(mark_abandonable)

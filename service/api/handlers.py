@@ -1,5 +1,12 @@
-"""One table from error type to status code, and the handlers that answer in one shape:
-`{"error": message, "error_type": type}`.
+"""One table from error type to status code, and the handlers that answer in one shape.
+
+Every error carries `error_type` (the README's table). On the /v1 routes `error` is OpenAI's
+object `{"message", "type", "param", "code"}`, so OpenAI's SDKs show the message; elsewhere
+it is the message itself, as text-embeddings-inference answers.
+
+Unexpected exceptions are not handled here: `RequestMiddleware` answers them, inside
+Starlette's ServerErrorMiddleware, which would log them a second time and close the
+keep-alive connection.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.responses import ORJSONResponse
@@ -47,19 +55,34 @@ ERROR_TYPE_BY_STATUS = {
 }
 
 
+def error_body(
+    path: str, error_type: str, message: str, param: str | None = None
+) -> dict[str, Any]:
+    """The error shape for a request path: OpenAI's object on /v1, the message elsewhere."""
+    if path.startswith("/v1/") or path == "/v1":
+        return {
+            "error": {"message": message, "type": error_type, "param": param, "code": None},
+            "error_type": error_type,
+        }
+    return {"error": message, "error_type": error_type}
+
+
 def error_response(
     request: Request,
     status: int,
     error_type: str,
     message: str,
     headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> ORJSONResponse:
     """The one error shape; counts the error by type."""
     state = getattr(request.app.state, "simsvc", None)
     if state is not None:
         state.metrics.errors.labels(error_type=error_type).inc()
     return ORJSONResponse(
-        {"error": message, "error_type": error_type}, status_code=status, headers=headers
+        error_body(request.url.path, error_type, message, param),
+        status_code=status,
+        headers=headers,
     )
 
 
@@ -71,21 +94,42 @@ async def handle_service_error(request: Request, exc: Exception) -> ORJSONRespon
         headers["Retry-After"] = str(exc.retry_after)
     if exc.error_type == "unauthorized":
         headers["WWW-Authenticate"] = "Bearer"
-    return error_response(request, status, exc.error_type, exc.message, headers)
+    return error_response(request, status, exc.error_type, exc.message, headers, exc.param)
+
+
+def _location(err: Any) -> str:
+    return ".".join(str(p) for p in err.get("loc", ()) if p != "body")
 
 
 def describe_problems(errors: Sequence[Any]) -> str:
     """Pydantic's errors as one line: `field.path: message; ...` (the first ten)."""
     problems = []
     for err in errors[:10]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        loc = _location(err)
         problems.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else err.get("msg", "invalid"))
     return "; ".join(problems) or "invalid request"
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> ORJSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(request, 422, "validation", describe_problems(exc.errors()))
+    errors = exc.errors()
+    param = None
+    if errors and errors[0].get("type") != "json_invalid":
+        param = _location(errors[0]) or None
+    return error_response(request, 422, "validation", describe_problems(errors), param=param)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the first
+    route's)."""
+    methods: set[str] = set()
+    path = request.scope.get("path", "")
+    for route in iter_route_contexts(request.app.routes):
+        regex = getattr(route, "path_regex", None)
+        if route.methods and regex is not None and regex.match(path):
+            methods |= set(route.methods)
+    order = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+    return sorted(methods, key=lambda m: (order.index(m) if m in order else len(order), m))
 
 
 async def handle_http_error(request: Request, exc: Exception) -> ORJSONResponse:
@@ -93,16 +137,10 @@ async def handle_http_error(request: Request, exc: Exception) -> ORJSONResponse:
     error_type = ERROR_TYPE_BY_STATUS.get(
         exc.status_code, "validation" if exc.status_code < 500 else "internal"
     )
-    return error_response(
-        request, exc.status_code, error_type, str(exc.detail), dict(exc.headers or {})
-    )
-
-
-async def handle_unexpected(request: Request, exc: Exception) -> ORJSONResponse:
-    """Log the traceback; tell the client nothing about internals."""
-    request_id = request.scope.get("simsvc.request_id", "-")
-    log.exception("unhandled error (request %s)", request_id)
-    return error_response(request, 500, "internal", f"internal error (request id {request_id})")
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return error_response(request, exc.status_code, error_type, str(exc.detail), headers)
 
 
 def install(app: FastAPI) -> None:
@@ -110,4 +148,3 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, handle_service_error)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
-    app.add_exception_handler(Exception, handle_unexpected)

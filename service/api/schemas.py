@@ -1,26 +1,121 @@
-"""Request and response bodies. Size limits are settings, enforced by the engine."""
+"""Request and response bodies: the API's contract.
+
+Types are strict where the schema says boolean or integer (`0` is not `false`, `"5"` is not
+`5`). Limits that are settings (texts per request, characters per text, k, index parameter
+bounds, the model's dims) are marked with `limit(...)`; `service.api.openapi` writes the
+configured values into the OpenAPI document, and the engine, the collections and
+`service.api.validation` enforce them, with the status codes the README lists.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
+from service.runtime.index import PARAM_RANGES
 from service.runtime.lexical import AnalyzerName
+
+LIMIT_KEY = "x-simsvc-limit"
+
+
+def limit(**bounds: str | int) -> dict[str, Any]:
+    """A JSON-schema marker: each keyword (maxItems, maximum, ...) takes a setting's value
+    (named by a string) or a fixed number; `service.api.openapi` resolves it."""
+    return {LIMIT_KEY: bounds}
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's integer: `5` or `5.0`, never `true` or `"5"`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be an integer (not a boolean or a string)")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_whole_number)]
+"""An integer as JSON Schema means it: pydantic's lax int would take `"5"` and `true`, its
+strict int would refuse `5.0`."""
+
+
+def _number(value: Any) -> Any:
+    """JSON Schema's number: `1` or `0.5`, never `true` or `"0.5"`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number (not a boolean or a string)")
+    return float(value)
+
+
+Text = Annotated[str, Field(json_schema_extra=limit(maxLength="max_chars_per_text"))]
+TextList = Annotated[
+    list[Text], Field(json_schema_extra=limit(minItems=1, maxItems="max_texts_per_request"))
+]
+Texts = Text | TextList
+TokenIds = Annotated[
+    list[Annotated[Integer, Field(ge=0, json_schema_extra=limit(maximum="vocab_max_id"))]],
+    Field(json_schema_extra=limit(minItems=1, maxItems="max_chars_per_text")),
+]
+TokenIdLists = Annotated[
+    list[TokenIds], Field(json_schema_extra=limit(minItems=1, maxItems="max_texts_per_request"))
+]
+Dimensions = Annotated[
+    Integer | None,
+    Field(
+        default=None,
+        ge=1,
+        description="keep the leading components (at most the model's dims)",
+        json_schema_extra=limit(maximum="dims"),
+    ),
+]
+Truncate = Annotated[
+    StrictBool,
+    Field(
+        default=True,
+        description="cut texts to the model's max length; false: a longer text is a 413",
+    ),
+]
+
+
+class ErrorResponse(BaseModel):
+    """Every error outside /v1 (text-embeddings-inference's shape)."""
+
+    error: str
+    error_type: str
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="the error type (the README's table)")
+    param: str | None = Field(description="the request field at fault, when one is")
+    code: str | None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Every error on the /v1 routes: OpenAI's shape, plus `error_type`."""
+
+    error: OpenAIErrorDetail
+    error_type: str
+
+
+# Similarity.
+
+
 class Pair(_Strict):
-    a: str
-    b: str
+    a: Text
+    b: Text
 
 
 class SimilarityRequest(_Strict):
-    pairs: list[Pair]
-    truncate: bool = True
+    pairs: list[Pair] = Field(
+        min_length=1, json_schema_extra=limit(maxItems="max_pairs_per_request")
+    )
+    truncate: Truncate = True
     mode: Literal["bi", "cross"] = Field(
         default="bi",
         description="bi: two vectors and the pair head; cross: the bundle's cross-encoder "
@@ -46,37 +141,47 @@ class SimilarityResponse(BaseModel):
 
 
 class TEISimilarityInputs(_Strict):
-    source_sentence: str
-    sentences: list[str]
+    source_sentence: Text
+    sentences: list[Text] = Field(
+        min_length=1, json_schema_extra=limit(maxItems="max_texts_per_request")
+    )
 
 
 class TEISimilarityRequest(BaseModel):
     """text-embeddings-inference's /similarity body."""
 
     inputs: TEISimilarityInputs
-    truncate: bool = True
+    truncate: Truncate = True
+
+
+# Embeddings.
+
+Pooling = Literal["cls", "pooler", "mean", "first_last_avg"]
 
 
 class EmbedRequest(BaseModel):
-    """text-embeddings-inference's /embed body, plus `pooling`, `whiten` and `dimensions`."""
+    """text-embeddings-inference's /embed body, plus `pooling`, `whiten` and `dimensions`.
 
-    inputs: str | list[str]
-    normalize: bool = True
-    truncate: bool = True
-    pooling: Literal["cls", "pooler", "mean", "first_last_avg"] | None = None
-    whiten: bool | None = Field(
+    `whiten: true` needs the bundle's pooling (the whitening was fitted on it)."""
+
+    inputs: Texts
+    normalize: StrictBool = True
+    truncate: Truncate = True
+    pooling: Pooling | None = None
+    whiten: StrictBool | None = Field(
         default=None, description="default: whiten when the pooling is the bundle's"
     )
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: Dimensions = None
 
 
 class OpenAIEmbeddingRequest(BaseModel):
-    """OpenAI's /v1/embeddings body (token-id inputs are not accepted)."""
+    """OpenAI's /v1/embeddings body: texts, or token ids of this model's vocabulary (one list
+    or a list of lists, as LangChain's OpenAIEmbeddings sends them)."""
 
-    input: str | list[str]
+    input: Text | TextList | TokenIds | TokenIdLists
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: Dimensions = None
     user: str | None = None
 
 
@@ -98,23 +203,68 @@ class OpenAIEmbeddingResponse(BaseModel):
     usage: Usage
 
 
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# text-embeddings-inference's `POST /` and `/invocations`: the task follows the payload.
+
+
+class TEIParameters(BaseModel):
+    """The `parameters` object huggingface_hub's InferenceClient sends beside `inputs`."""
+
+    normalize: StrictBool | None = None
+    truncate: StrictBool | None = None
+    dimensions: Dimensions = None
+    truncation_direction: Literal["right", "Right"] | None = Field(
+        default=None, description="only right truncation is offered"
+    )
+    prompt_name: None = Field(default=None, description="prompts are not offered")
+
+
+class TEIFeatureExtraction(EmbedRequest):
+    """Feature extraction: `{"inputs": text or texts}` (the /embed body)."""
+
+    parameters: TEIParameters | None = None
+
+
+class TEISentenceSimilarity(TEISimilarityRequest):
+    """Sentence similarity: `{"inputs": {"source_sentence", "sentences"}}`."""
+
+    parameters: dict[str, Any] | None = Field(default=None, description="accepted and unused")
+
+
 # Collections.
 
 Scalar = str | int | float | bool | None
+FilterKey = Annotated[str, Field(json_schema_extra=limit(maxLength="max_filter_key_chars"))]
+FilterValue = Annotated[Scalar, Field(json_schema_extra=limit(maxLength="max_filter_value_chars"))]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+"""A collection's name (the stores' `NAME_PATTERN`; a test keeps them equal)."""
 
 
 class DocumentIn(_Strict):
     """One document to index; `id` is the upsert key."""
 
-    id: str
-    text: str
+    id: str = Field(min_length=1, json_schema_extra=limit(maxLength="max_document_id_chars"))
+    text: str = Field(min_length=1, json_schema_extra=limit(maxLength="max_chars_per_text"))
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class DocumentsRequest(_Strict):
     """A JSON body of documents (or send the same objects as NDJSON lines)."""
 
-    documents: list[DocumentIn]
+    documents: list[DocumentIn] = Field(
+        min_length=1, json_schema_extra=limit(maxItems="max_documents_per_request")
+    )
 
 
 class IndexedResponse(BaseModel):
@@ -122,14 +272,48 @@ class IndexedResponse(BaseModel):
     count: int = Field(description="documents in the collection afterwards")
 
 
-class IndexOptions(_Strict):
-    kind: Literal["flat", "hnsw", "ivf"] | None = Field(
-        default=None, description="default: the current kind, or the service's default"
+def _param(name: str, what: str) -> Any:
+    low, high = PARAM_RANGES[name]
+    return Field(
+        default=None,
+        ge=low,
+        le=high,
+        description=f"{what}; default: the current value, else the service's",
+        json_schema_extra=limit(maximum=f"max_{name}"),
     )
-    params: dict[str, int] = Field(
-        default_factory=dict,
-        description="hnsw: m, ef_construction, ef_search; ivf: nlist (0: auto), nprobe",
-    )
+
+
+class HnswParams(_Strict):
+    m: Integer | None = _param("m", "links per node")
+    ef_construction: Integer | None = _param("ef_construction", "candidates while building")
+    ef_search: Integer | None = _param("ef_search", "candidates while searching (at least k)")
+
+
+class IvfParams(_Strict):
+    nlist: Integer | None = _param("nlist", "inverted lists; 0: about sqrt(documents)")
+    nprobe: Integer | None = _param("nprobe", "lists searched per query")
+
+
+class FlatParams(_Strict):
+    """Exact search takes no parameters."""
+
+
+class FlatIndex(_Strict):
+    kind: Literal["flat"]
+    params: FlatParams = Field(default_factory=FlatParams)
+
+
+class HnswIndex(_Strict):
+    kind: Literal["hnsw"]
+    params: HnswParams = Field(default_factory=HnswParams)
+
+
+class IvfIndex(_Strict):
+    kind: Literal["ivf"]
+    params: IvfParams = Field(default_factory=IvfParams)
+
+
+IndexOptions = Annotated[FlatIndex | HnswIndex | IvfIndex, Field(discriminator="kind")]
 
 
 class LexicalOptions(_Strict):
@@ -137,8 +321,7 @@ class LexicalOptions(_Strict):
         default=None,
         description="english: Snowball stemming and stop words; simple: lower-cased words; "
         "cjk_char / cjk_bigram / cjk_uni_bigram / jieba: Chinese (characters / bigrams / "
-        "both / words). A change re-analyses the "
-        "stored texts.",
+        "both / words). A change re-analyses the stored texts.",
     )
 
 
@@ -147,15 +330,18 @@ class FusionOptions(_Strict):
 
     method: Literal["rrf", "weighted"] | None = Field(
         default=None,
-        description="rrf: reciprocal-rank fusion; weighted: alpha * dense + (1 - alpha) * "
-        "lexical over min-max normalised scores",
+        description="weighted: alpha * dense + (1 - alpha) * lexical over min-max normalised "
+        "scores; rrf: reciprocal-rank fusion",
     )
-    rrf_k: int | None = Field(default=None, ge=1, le=10_000, description="RRF's constant")
-    alpha: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="weight of the dense list"
+    rrf_k: Integer | None = Field(default=None, ge=1, le=10_000, description="RRF's constant")
+    alpha: Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(_number)] | None = Field(
+        default=None, description="weight of the dense list"
     )
-    candidates: int | None = Field(
-        default=None, ge=1, description="how deep each list is read before fusing"
+    candidates: Integer | None = Field(
+        default=None,
+        ge=1,
+        description="how deep each list is read before fusing",
+        json_schema_extra=limit(maximum="max_fusion_candidates"),
     )
 
     def given(self) -> dict[str, Any]:
@@ -168,9 +354,16 @@ class SearchDefaultsIn(_Strict):
 
 
 class CollectionOptions(_Strict):
-    index: IndexOptions = Field(default_factory=IndexOptions)
-    dims: int | None = Field(
-        default=None, ge=1, description="keep the first dims whitened components"
+    index: IndexOptions | None = Field(
+        default=None,
+        description="the index kind and its parameters; default: the current index, or the "
+        "service's default kind for a new collection",
+    )
+    dims: Integer | None = Field(
+        default=None,
+        ge=1,
+        description="keep the first dims whitened components",
+        json_schema_extra=limit(maximum="dims"),
     )
     lexical: LexicalOptions = Field(default_factory=LexicalOptions)
     search: SearchDefaultsIn | None = Field(
@@ -186,16 +379,20 @@ class RefitRequest(_Strict):
 
 
 class RerankOptions(_Strict):
-    candidates: int = Field(
-        ge=1, description="how many of the top results the cross-encoder rescores"
+    candidates: Integer = Field(
+        ge=1,
+        description="how many of the top results the cross-encoder rescores",
+        json_schema_extra=limit(maximum="max_rerank_candidates"),
     )
 
 
 class SearchRequest(_Strict):
-    query: str = Field(min_length=1)
-    k: int = Field(default=10, ge=1)
-    filter: dict[str, Scalar] = Field(
-        default_factory=dict, description="metadata equality on every key"
+    query: Text = Field(min_length=1)
+    k: Integer = Field(default=10, ge=1, json_schema_extra=limit(maximum="max_search_k"))
+    filter: dict[FilterKey, FilterValue] = Field(
+        default_factory=dict,
+        description="metadata equality on every key",
+        json_schema_extra=limit(maxProperties="max_filter_keys"),
     )
     mode: Literal["dense", "lexical", "hybrid"] | None = Field(
         default=None,
@@ -206,7 +403,7 @@ class SearchRequest(_Strict):
     rerank: RerankOptions | None = Field(
         default=None, description="rescore the top results with the bundle's cross-encoder"
     )
-    explain: bool = Field(
+    explain: StrictBool = Field(
         default=False, description="say which lists each result came from, and its rank there"
     )
 
@@ -243,15 +440,18 @@ class DocumentOut(BaseModel):
 # Cross-encoder routes, in text-embeddings-inference's shapes.
 
 
+Direction = Literal["right", "left", "Right", "Left"]
+
+
 class RerankRequest(BaseModel):
     """text-embeddings-inference's /rerank body."""
 
-    query: str
-    texts: list[str]
-    raw_scores: bool = Field(default=False, description="true: the logit; false: its sigmoid")
-    return_text: bool = False
-    truncate: bool = True
-    truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
+    query: Text
+    texts: list[Text] = Field(min_length=1, json_schema_extra=limit(maxItems="max_rerank_texts"))
+    raw_scores: StrictBool = Field(default=False, description="true: the logit; false: its sigmoid")
+    return_text: StrictBool = False
+    truncate: Truncate = True
+    truncation_direction: Direction = "right"
 
 
 class Rank(BaseModel):
@@ -263,10 +463,19 @@ class Rank(BaseModel):
 class PredictRequest(BaseModel):
     """text-embeddings-inference's /predict body: a text, a pair [a, b], or a batch of both."""
 
-    inputs: str | list[str] | list[list[str]]
-    raw_scores: bool = Field(default=False, description="true: logits; false: sigmoid/softmax")
-    truncate: bool = True
-    truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
+    inputs: (
+        Text
+        | Annotated[list[Text], Field(min_length=2, max_length=2)]
+        | Annotated[
+            list[Annotated[list[Text], Field(min_length=1, max_length=2)]],
+            Field(min_length=1, json_schema_extra=limit(maxItems="max_pairs_per_request")),
+        ]
+    )
+    raw_scores: StrictBool = Field(
+        default=False, description="true: logits; false: sigmoid/softmax"
+    )
+    truncate: Truncate = True
+    truncation_direction: Direction = "right"
 
 
 class Prediction(BaseModel):

@@ -51,6 +51,7 @@ from service.runtime.store.base import (
     WhiteningState,
     check_filter,
     check_name,
+    matches_nothing,
 )
 from service.runtime.types import FloatArray
 from service.runtime.whitening import Whitening, WhiteningAccumulator
@@ -373,7 +374,12 @@ class Collections:
             writer.abort()
             raise
 
-    def check_search(self, k: int, where: Filter | None) -> None:
+    def check_search(self, query: str, k: int, where: Filter | None) -> None:
+        """The request's own limits, before anything is encoded or read."""
+        if len(query) > self.limits.max_text_chars:
+            raise TextTooLongError(
+                f"the query has {len(query)} characters; the limit is {self.limits.max_text_chars}"
+            )
         if not 1 <= k <= self.limits.max_k:
             raise ValidationError(f"k must be in 1..{self.limits.max_k}, got {k}")
         check_filter(where)
@@ -388,9 +394,11 @@ class Collections:
     async def find(self, name: str, engine: Engine, request: SearchRequest) -> SearchResult:
         """A search in any mode (the collection's default unless the request says)."""
         await self._check_model(name, engine)
-        self.check_search(request.k, request.where)
+        self.check_search(request.query, request.k, request.where)
         info = await self.store.info(name)
         defaults = self.search_defaults.overridden(info.get("search") or {})
+        if matches_nothing(request.where):
+            return SearchResult([], request.mode or defaults.mode)
         return await run_search(
             self.store, engine, name, request, defaults, self.search_limits, self.observer
         )

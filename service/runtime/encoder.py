@@ -45,8 +45,18 @@ class EncoderCore(Protocol):
     @property
     def max_length(self) -> int: ...
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids run from 0 to vocab_size - 1."""
+        ...
+
     def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
         """Token ids of each text, cut to `max_length` (flagged `truncated`)."""
+        ...
+
+    def from_ids(self, ids: Sequence[Sequence[int]]) -> list[Tokenized]:
+        """Texts given as token ids (without special tokens): the special tokens added as
+        `tokenize` adds them, cut to `max_length` (flagged `truncated`)."""
         ...
 
     def infer(self, batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
@@ -94,6 +104,15 @@ def plan_batches(
         j = cut[j]
     batches.reverse()
     return batches
+
+
+def wrap_ids(
+    ids: Sequence[Sequence[int]], prefix: Sequence[int], suffix: Sequence[int], max_length: int
+) -> list[Tokenized]:
+    """Each id list between the special tokens, its middle cut so the whole fits
+    `max_length` (flagged `truncated`)."""
+    room = max(0, max_length - len(prefix) - len(suffix))
+    return [Tokenized([*prefix, *row[:room], *suffix], len(row) > room) for row in ids]
 
 
 def pad_batch(batch: Sequence[Tokenized], pad_id: int = 0) -> tuple[IntArray, IntArray]:
@@ -206,6 +225,12 @@ class OnnxEncoder:
             raise ValueError(
                 f"ONNX model inputs {sorted(self._input_names)} lack input_ids/attention_mask"
             )
+        # The special tokens `tokenize` puts around a text, for texts given as ids.
+        probe = self._tokenizer.encode("a", add_special_tokens=True)
+        plain = [i for i, special in enumerate(probe.special_tokens_mask) if not special]
+        self._prefix = list(probe.ids[: plain[0]]) if plain else []
+        self._suffix = list(probe.ids[plain[-1] + 1 :]) if plain else []
+        self._vocab_size = int(self._tokenizer.get_vocab_size(with_added_tokens=True))
         self._outputs = tuple(o.name for o in self._session.get_outputs())
         dims = {o.shape[-1] for o in self._session.get_outputs()}
         if len(dims) != 1 or not isinstance(next(iter(dims)), int):
@@ -228,10 +253,18 @@ class OnnxEncoder:
     def pad_id(self) -> int:
         return self._pad_id
 
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
     def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
         """Batch-tokenize in Rust; truncation flagged per text."""
         encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=True)
         return [Tokenized(e.ids, bool(e.overflowing)) for e in encodings]
+
+    def from_ids(self, ids: Sequence[Sequence[int]]) -> list[Tokenized]:
+        """Token ids wrapped in the tokenizer's special tokens, cut to `max_length`."""
+        return wrap_ids(ids, self._prefix, self._suffix, self._max_length)
 
     def infer(self, batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
         """Pad to the longest in the batch and run the session."""

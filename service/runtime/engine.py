@@ -170,14 +170,16 @@ class Engine:
         pooling = pooling or self.pooling
         if pooling not in self.core.outputs:
             raise ValidationError(
-                f"unknown pooling {pooling!r}; this model offers {list(self.core.outputs)}"
+                f"unknown pooling {pooling!r}; this model offers {list(self.core.outputs)}",
+                param="pooling",
             )
         if whiten is None:
             whiten = pooling == self.pooling and self.whitening.fitted
         elif whiten and pooling != self.pooling:
             raise ValidationError(
                 f"the whitening was fitted on {self.pooling!r} vectors; ask for whiten=false "
-                f"with pooling {pooling!r}"
+                f"with pooling {pooling!r}",
+                param="whiten",
             )
         return pooling, whiten
 
@@ -192,6 +194,66 @@ class Engine:
         timings = Timings(tokenize_seconds, result.queue_seconds, result.inference_seconds)
         return result.vectors, tokens, timings
 
+    def _check_ids(self, ids: Sequence[Sequence[int]]) -> None:
+        if not ids:
+            raise ValidationError("no texts given", param="input")
+        if len(ids) > self.limits.max_texts:
+            raise TooManyTextsError(
+                f"{len(ids)} texts in one request; the limit is {self.limits.max_texts}"
+            )
+        vocab = self.core.vocab_size
+        for i, row in enumerate(ids):
+            if not row:
+                raise ValidationError(f"input {i} has no token ids", param="input")
+            if len(row) > self.limits.max_chars:
+                raise TextTooLongError(
+                    f"input {i} has {len(row)} token ids; the limit is {self.limits.max_chars}"
+                )
+            bad = next((t for t in row if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise ValidationError(
+                    f"input {i} has token id {bad}, outside this model's vocabulary of "
+                    f"{vocab} (ids 0..{vocab - 1})",
+                    param="input",
+                )
+
+    def resolve_output(
+        self, pooling: str | None, whiten: bool | None, dims: int | None
+    ) -> tuple[str, bool]:
+        """The pooling and whitening a request gets; raises ValidationError for a pooling
+        the model lacks, whitening on another pooling, or dims out of range."""
+        pooling, whiten = self._resolve(pooling, whiten)
+        out_dims = self.whitening.dims_out if whiten else self.core.dims
+        if dims is not None and not 1 <= dims <= out_dims:
+            raise ValidationError(
+                f"dimensions must be in 1..{out_dims}, got {dims}", param="dimensions"
+            )
+        return pooling, whiten
+
+    def _vectors(
+        self,
+        pooled: dict[str, FloatArray],
+        tokens: Sequence[Tokenized],
+        timings: Timings,
+        pooling: str,
+        whiten: bool,
+        normalize: bool,
+        dims: int | None,
+    ) -> Embeddings:
+        raw = pooled[pooling]
+        if whiten:
+            vectors = self.whitening.apply(raw, normalize=normalize, dims=dims)
+        else:
+            vectors = raw if dims is None else np.ascontiguousarray(raw[:, :dims])
+            if normalize:
+                vectors = l2_normalize(vectors)
+        return Embeddings(
+            vectors=vectors,
+            tokens=sum(len(t) for t in tokens),
+            truncated=sum(1 for t in tokens if t.truncated),
+            timings=timings,
+        )
+
     async def embed(
         self,
         texts: Sequence[str],
@@ -205,24 +267,24 @@ class Engine:
     ) -> Embeddings:
         """Vectors of `texts`: pooled, whitened (bundle pooling only), cut to `dims`, normalised."""
         self._check_texts(texts, limit or self.limits.max_texts, "texts")
-        pooling, whiten = self._resolve(pooling, whiten)
-        out_dims = self.whitening.dims_out if whiten else self.core.dims
-        if dims is not None and not 1 <= dims <= out_dims:
-            raise ValidationError(f"dimensions must be in 1..{out_dims}, got {dims}")
+        pooling, whiten = self.resolve_output(pooling, whiten, dims)
         pooled, tokens, timings = await self._encode(texts, truncate)
-        raw = pooled[pooling]
-        if whiten:
-            vectors = self.whitening.apply(raw, normalize=normalize, dims=dims)
-        else:
-            vectors = raw if dims is None else raw[:, :dims]
-            if normalize:
-                vectors = l2_normalize(vectors)
-        return Embeddings(
-            vectors=vectors,
-            tokens=sum(len(t) for t in tokens),
-            truncated=sum(1 for t in tokens if t.truncated),
-            timings=timings,
+        return self._vectors(pooled, tokens, timings, pooling, whiten, normalize, dims)
+
+    async def embed_ids(
+        self, ids: Sequence[Sequence[int]], *, dims: int | None = None
+    ) -> Embeddings:
+        """Whitened, normalised vectors of texts given as token ids of the model's vocabulary
+        (without special tokens; they are added as for text). Too long: truncated."""
+        self._check_ids(ids)
+        pooling, whiten = self.resolve_output(None, None, dims)
+        tokens = self.core.from_ids(ids)
+        self._observer.tokenized(
+            len(tokens), sum(len(t) for t in tokens), sum(t.truncated for t in tokens), 0.0
         )
+        result = await self.batcher.submit(tokens)
+        timings = Timings(0.0, result.queue_seconds, result.inference_seconds)
+        return self._vectors(result.vectors, tokens, timings, pooling, whiten, True, dims)
 
     async def similarity(
         self, pairs: Sequence[tuple[str, str]], truncate: bool = True
@@ -261,12 +323,10 @@ class Engine:
         direction: Direction = "right",
         limit: int | None = None,
     ) -> CrossScores:
-        """Cross-encoder scores of pairs (b may be None: a single text), within the limits."""
-        if self.cross is None:
-            raise NoCrossEncoderError(
-                "this bundle has no cross-encoder: use mode 'bi', or build the bundle with "
-                "`simsvc build ... --cross-model CHECKPOINT`"
-            )
+        """Cross-encoder scores of pairs (b may be None: a single text), within the limits.
+
+        The request's own limits come first: a bad request is a bad request whatever the
+        bundle holds."""
         limit = limit or self.limits.max_pairs
         if not pairs:
             raise ValidationError("no pairs given")
@@ -274,6 +334,11 @@ class Engine:
             raise TooManyTextsError(f"{len(pairs)} pairs in one request; the limit is {limit}")
         texts = list(dict.fromkeys(t for pair in pairs for t in pair if t is not None))
         self._check_texts(texts, 2 * limit, "texts")
+        if self.cross is None:
+            raise NoCrossEncoderError(
+                "this bundle has no cross-encoder: use mode 'bi', or build the bundle with "
+                "`simsvc build ... --cross-model CHECKPOINT`"
+            )
         return await self.cross.score(pairs, truncate=truncate, direction=direction)
 
     async def warmup(self) -> None:

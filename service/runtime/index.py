@@ -33,6 +33,17 @@ PARAMS: dict[IndexKind, tuple[str, ...]] = {
 }
 """The parameters each kind takes (all positive integers; ivf's nlist 0 means automatic)."""
 
+PARAM_RANGES: dict[str, tuple[int, int]] = {
+    "m": (2, 256),
+    "ef_construction": (1, 100_000),
+    "ef_search": (1, 100_000),
+    "nlist": (0, 1 << 20),
+    "nprobe": (1, 1 << 20),
+}
+"""The widest value range of each parameter: beyond these FAISS overflows its C int, or the
+graph needs more memory per vector than any deployment has (m), or a search or build takes
+hours. The service's settings narrow them further (`hnsw_max_m`, ...)."""
+
 IVF_POINTS_PER_LIST = 39
 """FAISS's k-means wants at least this many training points per centroid."""
 IVF_MAX_TRAIN_PER_LIST = 256
@@ -55,8 +66,12 @@ class IndexSpec:
                 f"{self.kind} takes parameters {sorted(expected)}, got {sorted(self.params)}"
             )
         for name, value in self.params.items():
-            if not isinstance(value, int) or value < (0 if name == "nlist" else 1):
-                raise ValueError(f"{self.kind} parameter {name} must be a positive integer")
+            low, high = PARAM_RANGES[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(
+                    f"{self.kind} parameter {name} must be an integer in {low}..{high}, "
+                    f"got {value!r}"
+                )
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "params": dict(self.params)}

@@ -102,8 +102,6 @@ async def run_search(
     if not 0 <= request.rerank <= limits.max_rerank:
         raise ValidationError(f"rerank candidates must be in 0..{limits.max_rerank}")
     depth = max(request.k, request.rerank)
-    if depth > limits.max_k:
-        raise ValidationError(f"k and rerank candidates must be at most {limits.max_k}")
     if request.rerank and engine.cross is None:
         raise NoCrossEncoderError(
             "reranking needs a bundle with a cross-encoder: build it with "

@@ -7,10 +7,10 @@ import re
 from collections.abc import Callable
 
 import pytest
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.testclient import TestClient
 
-from service.api.auth import OPEN_PATHS
+from service.api.auth import DOCS_ASSETS, is_open_path
 from service.settings import ApiKey, Settings
 from tests.api.conftest import fake_factory
 
@@ -35,9 +35,9 @@ def _auth(name: str) -> dict[str, str]:
 
 def test_no_route_outside_the_open_ones_answers_without_a_key(keyed: TestClient) -> None:
     checked = 0
-    for route in keyed.app.routes:  # type: ignore[attr-defined]
-        path = getattr(route, "path", "")
-        if path in OPEN_PATHS:
+    for route in iter_route_contexts(keyed.app.routes):  # type: ignore[attr-defined]
+        path = route.path or ""
+        if is_open_path(path) or path == DOCS_ASSETS.rstrip("/"):
             continue
         concrete = re.sub(r"\{[^}]+\}", "x", path)
         for method in sorted(getattr(route, "methods", None) or {"GET"}):
@@ -47,13 +47,14 @@ def test_no_route_outside_the_open_ones_answers_without_a_key(keyed: TestClient)
                 assert resp.json()["error_type"] == "unauthorized"
             assert resp.headers["www-authenticate"] == "Bearer"
             checked += 1
-    assert checked >= 8  # the API routes, /info, /docs, /openapi.json
+    assert checked >= 18  # every API route and method, /info
     assert keyed.get("/no/such/route").status_code == 401
 
 
 def test_open_routes_need_no_key(keyed: TestClient) -> None:
-    for path in ("/health", "/live", "/ready", "/metrics"):
+    for path in ("/health", "/live", "/ready", "/metrics", "/docs", "/redoc", "/openapi.json"):
         assert keyed.get(path).status_code == 200, path
+    assert keyed.get(f"{DOCS_ASSETS}swagger-ui.css").status_code == 200
 
 
 def test_wrong_or_malformed_key_is_401(keyed: TestClient) -> None:
@@ -73,16 +74,23 @@ def test_read_scope(keyed: TestClient) -> None:
     assert keyed.get("/info", headers=_auth("reader")).status_code == 200
     denied = keyed.post("/v1/similarity", json=pair, headers=_auth("writer"))
     assert denied.status_code == 403
+    message = "API key 'writer' lacks the 'read' scope"
     assert denied.json() == {
-        "error": "API key 'writer' lacks the 'read' scope",
+        "error": {"message": message, "type": "forbidden", "param": None, "code": None},
         "error_type": "forbidden",
     }
+    tei = keyed.post("/similarity", json={"inputs": {"source_sentence": "x", "sentences": ["y"]}})
+    assert keyed.post("/embed", json={"inputs": "x"}, headers=_auth("writer")).json() == {
+        "error": message,
+        "error_type": "forbidden",
+    }
+    assert tei.status_code == 401
     assert keyed.post("/v1/similarity", json=pair, headers=_auth("root")).status_code == 200
 
 
 def test_every_api_route_declares_a_scope(keyed: TestClient) -> None:
-    for route in keyed.app.routes:  # type: ignore[attr-defined]
-        if isinstance(route, APIRoute) and route.path not in OPEN_PATHS:
+    for route in iter_route_contexts(keyed.app.routes):  # type: ignore[attr-defined]
+        if isinstance(route.original_route, APIRoute) and not is_open_path(route.path or ""):
             assert route.dependencies or any(
                 d.call.__qualname__.startswith("require")
                 for d in route.dependant.dependencies

@@ -101,7 +101,9 @@ def test_collection_lifecycle(cclient: TestClient) -> None:
     assert info["index"]["kind"] == "hnsw"
     assert info["index"]["params"] == {"m": 32, "ef_construction": 200, "ef_search": 512}
     assert info["whitening"]["version"] == 0 and info["whitening"]["source"] == "bundle"
-    again = cclient.put("/v1/collections/books", json={"index": {"params": {"ef_search": 99}}})
+    again = cclient.put(
+        "/v1/collections/books", json={"index": {"kind": "hnsw", "params": {"ef_search": 99}}}
+    )
     assert again.status_code == 200 and again.json()["index"]["params"]["ef_search"] == 99
     assert cclient.put("/v1/collections/books").status_code == 200  # no body: no change
     listed = cclient.get("/v1/collections").json()["collections"]

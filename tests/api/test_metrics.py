@@ -146,3 +146,28 @@ def test_timing_headers_and_request_ids(client: TestClient) -> None:
         assert float(resp.headers[h]) >= 0.0
     other = client.post("/embed", json={"inputs": "x"}, headers={"x-request-id": "bad id!"})
     assert other.headers["x-request-id"] != "bad id!" and len(other.headers["x-request-id"]) == 32
+
+
+def test_every_known_series_exists_at_zero_from_the_start(client: TestClient) -> None:
+    """A series born with its first increment is invisible to rate() and increase()."""
+    fresh = scrape(client)
+    for error_type in ("queue_full", "internal", "validation", "not_ready", "text_too_long"):
+        key = ("simsvc_errors_total", (("error_type", error_type),))
+        assert fresh.get(key) == 0.0, error_type
+    for route, method, status in (
+        ("/embed", "POST", "429"),
+        ("/embed", "POST", "500"),
+        ("/v1/embeddings", "POST", "503"),
+        ("/v1/similarity", "POST", "499"),
+        ("/v1/collections/{name}/search", "POST", "404"),
+        ("/v1/collections/{name}", "PUT", "201"),
+    ):
+        labels = tuple(sorted({"route": route, "method": method, "status": status}.items()))
+        assert fresh.get(("simsvc_requests_total", labels)) == 0.0, (route, status)
+        assert fresh.get(("simsvc_request_duration_seconds_count", labels)) == 0.0
+    for kind in ("flat", "hnsw", "ivf"):
+        assert fresh.get(("simsvc_search_seconds_count", (("kind", kind),))) == 0.0
+    assert fresh.get(("simsvc_abandoned_texts_total", ())) == 0.0
+    # Keys are not configured: their statuses cannot happen and are not there.
+    labels = tuple(sorted({"route": "/embed", "method": "POST", "status": "401"}.items()))
+    assert ("simsvc_requests_total", labels) not in fresh

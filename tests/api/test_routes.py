@@ -96,6 +96,11 @@ def test_embed_pooling_whitening_and_normalize(client: TestClient) -> None:
         "validation",
     )
     _error(client.post("/embed", json={"inputs": "x", "pooling": "max"}), 422, "validation")
+    # Raw vectors cut to fewer dimensions (a column slice: once a 500 from the JSON encoder).
+    for normalize in (True, False):
+        body = {"inputs": ["the sun", "x"], "whiten": False, "dimensions": 3}
+        cut = np.array(client.post("/embed", json={**body, "normalize": normalize}).json())
+        assert cut.shape == (2, 3)
 
 
 def test_limits_answer_413(client: TestClient) -> None:
@@ -257,3 +262,53 @@ def test_openapi_lists_the_routes(client: TestClient) -> None:
         "/info",
     ):
         assert p in paths
+
+
+def test_tei_root_and_invocations_dispatch_by_payload(client: TestClient) -> None:
+    texts = ["the dog runs", "a red car"]
+    embedded = client.post("/embed", json={"inputs": texts}).json()
+    for path in ("/", "/invocations"):
+        assert client.post(path, json={"inputs": texts}).json() == embedded
+        one = client.post(path, json={"inputs": "the dog runs", "parameters": {}}).json()
+        assert one == embedded[:1]
+        cut = client.post(path, json={"inputs": "x", "parameters": {"dimensions": 4}}).json()
+        assert len(cut[0]) == 4
+        raw = client.post(path, json={"inputs": "x", "parameters": {"normalize": False}}).json()
+        assert abs(float(np.linalg.norm(raw[0])) - 1.0) > 1e-3
+        pair = {"source_sentence": "the dog runs", "sentences": ["the dog runs", "a red car"]}
+        scores = client.post(path, json={"inputs": pair}).json()
+        assert scores == client.post("/similarity", json={"inputs": pair}).json()
+        assert scores[0] > 0.999 > scores[1]
+        _error(client.post(path, json={"inputs": {"source_sentence": "x"}}), 422, "validation")
+        _error(client.post(path, json={"nothing": 1}), 422, "validation")
+        _error(client.post(path, json={"inputs": ["t"] * 9}), 413, "too_many_texts")
+
+
+def test_openai_token_id_input_is_the_models_vocabulary(client: TestClient) -> None:
+    core = FakeEncoder(dims=DIMS)
+    ids = [list(t.ids[1:-1]) for t in core.tokenize(["hello world", "hi"])]
+    by_text = client.post("/v1/embeddings", json={"input": ["hello world", "hi"]}).json()
+    by_ids = client.post("/v1/embeddings", json={"input": ids}).json()
+    assert [d["embedding"] for d in by_ids["data"]] == [d["embedding"] for d in by_text["data"]]
+    assert by_ids["usage"] == by_text["usage"]
+    one = client.post("/v1/embeddings", json={"input": ids[0]}).json()
+    assert one["data"][0]["embedding"] == by_text["data"][0]["embedding"]
+
+    def problem(body: object) -> dict[str, object]:
+        resp = client.post("/v1/embeddings", json={"input": body})
+        assert resp.status_code == 422, resp.text
+        return dict(resp.json()["error"])
+
+    assert "vocabulary of 31000" in str(problem([5, 31_000])["message"])
+    assert problem([[1], []])["param"] == "input"
+    assert problem([-1])["param"] is not None
+    assert client.post("/v1/embeddings", json={"input": [[1]] * 9}).status_code == 413
+
+
+def test_openai_models_lists_the_served_model(client: TestClient) -> None:
+    listed = client.get("/v1/models").json()
+    assert listed["object"] == "list"
+    assert [m["id"] for m in listed["data"]] == ["fake-encoder"]
+    assert client.get("/v1/models/fake-encoder").json()["object"] == "model"
+    missing = client.get("/v1/models/gpt-4")
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found"

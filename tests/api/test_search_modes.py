@@ -218,3 +218,15 @@ def test_rerank_rescores_the_top_results_with_the_cross_encoder(
     assert ranked["results"][0]["id"] == "guitar"  # the word-overlap cross-encoder's pick
     assert ranked["results"][0]["score"] == scores[0]
     assert "rerank" not in ranked["results"][4]["sources"]
+
+
+def test_a_filter_holding_nul_matches_nothing(client: TestClient) -> None:
+    """No store keeps NUL (documents with one are refused), so such a filter finds nothing;
+    PostgreSQL could not even compare it."""
+    for mode in ("dense", "lexical", "hybrid"):
+        found = _search(client, query="a dog", mode=mode, filter={"kind\x00": "pet"})
+        assert found == {"mode": mode, "results": []}
+        assert _search(client, query="a dog", mode=mode, filter={"kind": "p\x00t"})["results"] == []
+    doc = {"id": "nul", "text": "a \x00 dog", "metadata": {}}
+    resp = client.post("/v1/collections/c/documents", json={"documents": [doc]})
+    assert resp.status_code == 422 and "NUL" in resp.text

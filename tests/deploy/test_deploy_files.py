@@ -249,3 +249,14 @@ def test_every_metric_in_dashboard_and_alerts_is_exported(exported: set[str]) ->
     assert named, "no queries found"
     missing = named - exported
     assert not missing, f"dashboard/alerts name metrics /metrics lacks: {sorted(missing)}"
+
+
+def test_logs_are_json_lines_wherever_the_service_is_deployed() -> None:
+    """The container, compose and Kubernetes all log JSON lines (control characters escaped
+    by construction, one record per line for the log shipper)."""
+    runtime = re.split(r"^FROM ", (DEPLOY / "Dockerfile").read_text(), flags=re.M)[-1]
+    assert re.search(r"SIMSVC_LOG_JSON=true\b", runtime)
+    compose = _yaml(ROOT / "docker-compose.yml")
+    assert compose["services"]["simsvc"]["environment"]["SIMSVC_LOG_JSON"] == "true"
+    for overlay in ("local", "postgres"):
+        assert _k8s(overlay)["ConfigMap"]["data"]["SIMSVC_LOG_JSON"] == "true"

@@ -2,14 +2,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
 
-from service.errors import QueueFullError
+from service.errors import NotReadyError, QueueFullError
 from service.runtime.batching import DynamicBatcher
 from service.runtime.encoder import Tokenized, plan_batches
 from service.runtime.types import FloatArray
@@ -177,3 +178,164 @@ def test_bounded_wait_collects_a_fuller_batch() -> None:
     finally:
         batcher.stop()
     assert core.batches == [2]
+
+
+def _timed_infer(
+    core: FakeEncoder, per_token: float, seen: list[int] | None = None
+) -> Callable[[Sequence[Tokenized]], dict[str, FloatArray]]:
+    """An encoder whose batches take time in proportion to their tokens; records the first
+    token id of every item it encodes."""
+
+    def infer(batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
+        if seen is not None:
+            seen.extend(t.ids[0] for t in batch)
+        time.sleep(per_token * sum(len(t) for t in batch))
+        return core.infer(batch)
+
+    return infer
+
+
+def _items(marker: int, count: int, tokens: int) -> list[Tokenized]:
+    return [Tokenized([marker] + [7] * (tokens - 1)) for _ in range(count)]
+
+
+def test_a_cancelled_request_leaves_the_queue_at_once_and_is_never_encoded() -> None:
+    core = FakeEncoder()
+    seen: list[int] = []
+    gate = threading.Event()
+    timed = _timed_infer(core, 0.0, seen)
+
+    def infer(batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
+        gate.wait(10)
+        return timed(batch)
+
+    batcher = DynamicBatcher(infer, max_batch_tokens=40, max_batch_size=2, max_queue=24)
+    batcher.start()
+    try:
+        first = batcher.submit_nowait(_items(1, 8, 10))  # 4 batches of 2; the first blocks
+        time.sleep(0.1)  # the worker takes the first request's window and blocks in it
+        gone = batcher.submit_nowait(_items(2, 16, 10))
+        assert batcher.depth == 24
+        with pytest.raises(QueueFullError):
+            batcher.submit_nowait(_items(3, 1, 10))
+        gone.cancel()
+        assert batcher.depth == 8, "a cancelled request's queued items leave the queue at once"
+        admitted = batcher.submit_nowait(_items(3, 16, 10))  # room again
+        first.cancel()  # its window is taken: its batches not yet started are skipped
+        gate.set()
+        admitted.result(timeout=5)
+        deadline = time.monotonic() + 5
+        while batcher.depth and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.depth == 0
+    finally:
+        gate.set()
+        batcher.stop()
+    assert 2 not in seen, "the cancelled request's items were encoded"
+    assert seen.count(1) <= 2, f"batches of a cancelled request ran: {seen.count(1)} items"
+    assert seen.count(3) == 16
+
+
+def test_admission_is_bounded_by_the_estimated_time_of_queued_work() -> None:
+    core = FakeEncoder()
+    gate = threading.Event()
+    gate.set()
+    timed = _timed_infer(core, 0.0005)  # 0.5 ms per token: 2,000 tokens per second
+
+    def infer(batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
+        gate.wait(10)
+        return timed(batch)
+
+    batcher = DynamicBatcher(
+        infer, max_batch_tokens=200, max_batch_size=64, max_queue=100_000, max_queue_seconds=1.0
+    )
+    batcher.start()
+    try:
+        for _ in range(3):  # measure the throughput
+            batcher.submit_nowait(_items(1, 10, 20)).result(timeout=5)
+        rate = batcher.tokens_per_second
+        assert 1000 < rate < 3000, rate
+        gate.clear()  # the encoder stalls in the next batch: the queue only fills
+        admitted = [batcher.submit_nowait(_items(1, 10, 20))]
+        time.sleep(0.1)  # the worker takes it and blocks
+        refused = None
+        while refused is None and len(admitted) < 100:
+            expected = batcher.finish_estimate(200)
+            try:
+                admitted.append(batcher.submit_nowait(_items(1, 10, 20)))
+            except QueueFullError as exc:
+                refused = exc
+        assert refused is not None and 1 < len(admitted) < 100
+        # Admitted while its work fits; refused with the seconds until it would.
+        assert batcher.queued_seconds() <= 1.0 < expected
+        assert refused.retry_after == max(1, math.ceil(expected - 1.0))
+        assert "limit of 1s" in refused.message
+        # A small request is admitted though the large ones fill the queue: it shares the
+        # encoder with their class instead of waiting behind it.
+        small = batcher.submit_nowait(_items(3, 1, 20))
+        assert batcher.finish_estimate(20) < 0.1
+        gate.set()
+        small.result(timeout=5)
+        time.sleep(refused.retry_after)
+        batcher.submit_nowait(_items(2, 10, 20)).result(timeout=10)  # admitted after the wait
+        for f in admitted:
+            f.result(timeout=10)
+    finally:
+        gate.set()
+        batcher.stop()
+
+
+def test_a_small_request_is_not_starved_by_large_ones() -> None:
+    core = FakeEncoder()
+    batcher = DynamicBatcher(
+        _timed_infer(core, 0.0002), max_batch_tokens=256, max_batch_size=32, max_queue=10_000
+    )
+    batcher.start()
+    finished: dict[str, float] = {}
+
+    def note(name: str) -> Callable[[object], None]:
+        def record(_: object) -> None:
+            finished.setdefault(name, time.monotonic())
+
+        return record
+
+    try:
+        large = [batcher.submit_nowait(_items(1, 128, 16)) for _ in range(6)]  # ~2.5 s of work
+        for i, f in enumerate(large):
+            f.add_done_callback(note(f"large{i}"))
+        time.sleep(0.1)
+        sent = time.monotonic()
+        small = batcher.submit_nowait(_items(2, 2, 16))
+        small.add_done_callback(note("small"))
+        small.result(timeout=10)
+        waited = time.monotonic() - sent
+        for f in large:
+            f.result(timeout=20)
+    finally:
+        batcher.stop()
+    assert waited < 0.5, f"the small request waited {waited:.2f}s behind the large ones"
+    assert finished["small"] < min(v for k, v in finished.items() if k.startswith("large"))
+
+
+def test_stop_ends_within_its_timeout_and_fails_what_is_left() -> None:
+    core = FakeEncoder()
+    batcher = DynamicBatcher(
+        _timed_infer(core, 0.001), max_batch_tokens=100, max_batch_size=8, max_queue=10_000
+    )
+    batcher.start()
+    futures = [batcher.submit_nowait(_items(1, 20, 10)) for _ in range(50)]  # ~10 s of work
+    time.sleep(0.05)
+    started = time.monotonic()
+    batcher.stop(timeout=0.5)
+    took = time.monotonic() - started
+    assert took < 0.5 + 0.5, f"stop took {took:.2f}s"
+    outcomes = []
+    for f in futures:
+        try:
+            f.result(timeout=1)
+            outcomes.append("done")
+        except NotReadyError:
+            outcomes.append("refused")
+    assert "refused" in outcomes and outcomes[-1] == "refused"
+    with pytest.raises(NotReadyError):
+        batcher.submit_nowait(_items(1, 1, 10))

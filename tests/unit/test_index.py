@@ -69,7 +69,7 @@ def test_specs_are_validated() -> None:
         IndexSpec("lsh")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="takes parameters"):
         IndexSpec("hnsw", {"m": 8})
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"must be an integer in 1\.\.1048576"):
         IndexSpec("ivf", {"nlist": 0, "nprobe": 0})
 
 
@@ -91,3 +91,21 @@ def test_default_parameters_reach_the_recall_target(kind: IndexKind) -> None:
     approx = build(kind, x).search(queries, 10)[1]
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
     assert recall >= 0.95, recall
+
+
+@pytest.mark.parametrize(
+    ("kind", "params"),
+    [
+        ("hnsw", {"m": 2**20, "ef_construction": 200, "ef_search": 512}),
+        ("hnsw", {"m": 1, "ef_construction": 200, "ef_search": 512}),
+        ("hnsw", {"m": 32, "ef_construction": 200, "ef_search": 1099511627776}),
+        ("hnsw", {"m": 32, "ef_construction": True, "ef_search": 512}),
+        ("ivf", {"nlist": 2**40, "nprobe": 48}),
+        ("ivf", {"nlist": 0, "nprobe": 0}),
+    ],
+)
+def test_index_spec_refuses_parameters_out_of_range(
+    kind: IndexKind, params: dict[str, int]
+) -> None:
+    with pytest.raises(ValueError, match="must be an integer in"):
+        IndexSpec(kind, params)

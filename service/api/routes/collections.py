@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.types import Scope
 
 from service.api.auth import AdminScope, ReadScope, WriteScope
-from service.api.deps import CollectionsDep, EngineDep
+from service.api.deps import Abandonable, CollectionsDep, EngineDep, StateDep
 from service.api.handlers import describe_problems
-from service.api.responses import ORJSONResponse
+from service.api.responses import ORJSONResponse, errors
+from service.api.routes.common import inline_schema
+from service.api.routing import ApiRoute, loads, parse_json_body
 from service.api.schemas import (
+    NAME_PATTERN,
     CollectionOptions,
     DocumentIn,
     DocumentOut,
@@ -29,6 +32,7 @@ from service.api.schemas import (
     SearchRequest,
     SearchResponse,
 )
+from service.api.validation import check_filter, check_index_params
 from service.errors import (
     BodyTooLargeError,
     TooManyTextsError,
@@ -39,34 +43,24 @@ from service.runtime.fusion import explain
 from service.runtime.search import SearchRequest as SearchQuery
 from service.runtime.store.base import Document
 
-router = APIRouter(prefix="/v1/collections", tags=["collections"])
+router = APIRouter(prefix="/v1/collections", tags=["collections"], route_class=ApiRoute)
+Name = Annotated[
+    str,
+    Path(
+        pattern=NAME_PATTERN,
+        description="1-64 letters, digits, '_' or '-', starting with a letter or digit",
+    ),
+]
 
 NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl"})
 _DOCUMENTS_PATH = re.compile(r"^/v1/collections/[^/]+/documents$")
-
-
-def _inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """A model's JSON schema with its `$defs` put in place: in an OpenAPI document, `#/$defs`
-    would point at the document's root."""
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "$ref" in node:
-                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
-            return {k: resolve(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [resolve(v) for v in node]
-        return node
-
-    return dict(resolve(schema))
 
 
 _DOCUMENTS_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": _inline_schema(DocumentsRequest.model_json_schema())},
+            "application/json": {"schema": inline_schema(DocumentsRequest.model_json_schema())},
             "application/x-ndjson": {
                 "schema": {
                     "type": "string",
@@ -111,7 +105,11 @@ async def ndjson_batches(
         if not line.strip():
             return None
         try:
-            return _document(DocumentIn.model_validate_json(line))
+            data = loads(line)
+        except ValueError as exc:
+            raise ValidationError(f"line {line_no}: {exc}") from exc
+        try:
+            return _document(DocumentIn.model_validate(data))
         except pydantic.ValidationError as exc:
             raise ValidationError(f"line {line_no}: {describe_problems(exc.errors())}") from exc
 
@@ -145,22 +143,37 @@ async def ndjson_batches(
         yield batch
 
 
-@router.get("", dependencies=[ReadScope])
+@router.get("", dependencies=[ReadScope], responses=errors(503, openai=True))
 async def list_collections(collections: CollectionsDep) -> dict[str, Any]:
     """Every collection with its count, dims, index and whitening."""
     return {"collections": await collections.describe_all()}
 
 
-@router.put("/{name}", dependencies=[AdminScope], status_code=201)
+@router.put(
+    "/{name}",
+    dependencies=[AdminScope],
+    status_code=201,
+    responses={
+        200: {"description": "reconfigured: the index was rebuilt from the stored vectors"},
+        **errors(409, 413, 415, 422, 503, openai=True),
+    },
+)
 async def put_collection(
-    name: str,
+    name: Name,
     collections: CollectionsDep,
     engine: EngineDep,
+    state: StateDep,
     body: CollectionOptions | None = None,
 ) -> ORJSONResponse:
     """Create a collection (201), or change its index kind, parameters or dims (200, a rebuild
-    from the stored vectors)."""
+    from the stored vectors), its lexical analyser (the stored texts are analysed again) or
+    its search defaults. Parameters not given keep their current (or default) values."""
     options = body or CollectionOptions()
+    kind, params = None, None
+    if options.index is not None:
+        kind = options.index.kind
+        given = options.index.params.model_dump(exclude_none=True)
+        params = check_index_params(kind, given, state.settings)
     search = None
     if options.search is not None:
         search = {
@@ -171,8 +184,8 @@ async def put_collection(
     info, created = await collections.configure(
         name,
         engine,
-        options.index.kind,
-        options.index.params,
+        kind,
+        params,
         options.dims,
         options.lexical.analyzer,
         search,
@@ -180,14 +193,14 @@ async def put_collection(
     return ORJSONResponse(info, status_code=201 if created else 200)
 
 
-@router.get("/{name}", dependencies=[ReadScope])
-async def get_collection(name: str, collections: CollectionsDep) -> dict[str, Any]:
+@router.get("/{name}", dependencies=[ReadScope], responses=errors(404, 422, 503, openai=True))
+async def get_collection(name: Name, collections: CollectionsDep) -> dict[str, Any]:
     """Count, dims, index kind and parameters, whitening version, model."""
     return await collections.info(name)
 
 
-@router.delete("/{name}", dependencies=[AdminScope])
-async def delete_collection(name: str, collections: CollectionsDep) -> dict[str, str]:
+@router.delete("/{name}", dependencies=[AdminScope], responses=errors(404, 422, 503, openai=True))
+async def delete_collection(name: Name, collections: CollectionsDep) -> dict[str, str]:
     """Delete a collection with all its documents."""
     await collections.drop(name)
     return {"deleted": name}
@@ -198,9 +211,10 @@ async def delete_collection(name: str, collections: CollectionsDep) -> dict[str,
     dependencies=[WriteScope],
     response_model=IndexedResponse,
     openapi_extra=_DOCUMENTS_BODY,
+    responses=errors(409, 413, 415, 422, 429, 503, openai=True),
 )
 async def add_documents(
-    name: str, request: Request, collections: CollectionsDep, engine: EngineDep
+    name: Name, request: Request, collections: CollectionsDep, engine: EngineDep
 ) -> dict[str, int]:
     """Upsert documents by id (JSON body or NDJSON stream); answers once they are durable.
 
@@ -213,8 +227,10 @@ async def add_documents(
     if media_type in NDJSON_TYPES:
         batches = ndjson_batches(request.stream(), settings.max_ndjson_line_bytes, size)
     elif media_type == "application/json":
+        await parse_json_body(request)
+        payload = await request.json() if await request.body() else None
         try:
-            body = DocumentsRequest.model_validate_json(await request.body())
+            body = DocumentsRequest.model_validate(payload)
         except pydantic.ValidationError as exc:
             raise RequestValidationError(exc.errors()) from exc
         if len(body.documents) > settings.max_documents_per_request:
@@ -231,33 +247,48 @@ async def add_documents(
     return {"indexed": indexed, "count": count}
 
 
-@router.get("/{name}/documents/{doc_id:path}", dependencies=[ReadScope], response_model=DocumentOut)
-async def get_document(name: str, doc_id: str, collections: CollectionsDep) -> dict[str, Any]:
+@router.get(
+    "/{name}/documents/{doc_id:path}",
+    dependencies=[ReadScope],
+    response_model=DocumentOut,
+    responses=errors(404, 422, 503, openai=True),
+)
+async def get_document(name: Name, doc_id: str, collections: CollectionsDep) -> dict[str, Any]:
     """One document: id, text and metadata."""
     doc = await collections.get_document(name, doc_id)
     return {"id": doc.id, "text": doc.text, "metadata": doc.metadata}
 
 
-@router.delete("/{name}/documents/{doc_id:path}", dependencies=[WriteScope])
-async def delete_document(name: str, doc_id: str, collections: CollectionsDep) -> dict[str, Any]:
+@router.delete(
+    "/{name}/documents/{doc_id:path}",
+    dependencies=[WriteScope],
+    responses=errors(404, 422, 503, openai=True),
+)
+async def delete_document(name: Name, doc_id: str, collections: CollectionsDep) -> dict[str, Any]:
     """Delete one document; answers once the deletion is durable."""
     count = await collections.delete_document(name, doc_id)
     return {"deleted": doc_id, "count": count}
 
 
-@router.post("/{name}/search", dependencies=[ReadScope], response_model=SearchResponse)
+@router.post(
+    "/{name}/search",
+    dependencies=[ReadScope, Abandonable],
+    response_model=SearchResponse,
+    responses=errors(404, 409, 413, 415, 422, 424, 429, 503, openai=True),
+)
 async def search(
-    name: str, body: SearchRequest, collections: CollectionsDep, engine: EngineDep
+    name: Name, body: SearchRequest, collections: CollectionsDep, engine: EngineDep, state: StateDep
 ) -> ORJSONResponse:
     """The k best documents for the query whose metadata match the filter: by meaning
     (dense), by words (lexical, BM25), or both fused (hybrid), optionally reranked."""
+    where = check_filter(body.filter, state.settings)
     result = await collections.find(
         name,
         engine,
         SearchQuery(
             body.query,
             body.k,
-            body.filter or None,
+            where,
             body.mode,
             body.fusion.given() if body.fusion else None,
             body.rerank.candidates if body.rerank else 0,
@@ -277,9 +308,13 @@ async def search(
     return ORJSONResponse({"mode": result.mode, "results": results})
 
 
-@router.post("/{name}/whitening:refit", dependencies=[AdminScope])
+@router.post(
+    "/{name}/whitening:refit",
+    dependencies=[AdminScope],
+    responses=errors(404, 409, 415, 422, 503, openai=True),
+)
 async def refit_whitening(
-    name: str, collections: CollectionsDep, body: RefitRequest | None = None
+    name: Name, collections: CollectionsDep, body: RefitRequest | None = None
 ) -> dict[str, Any]:
     """Fit the whitening on the collection's own documents and rebuild its index from the
     stored vectors; searches keep working meanwhile, then switch atomically."""

@@ -7,11 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from service import __version__
 from service.api.auth import ReadScope
 from service.api.deps import EngineDep, StateDep
-from service.api.responses import ORJSONResponse
+from service.api.responses import ORJSONResponse, errors
 from service.runtime.bundle import Manifest
 from service.runtime.engine import Engine
 
@@ -31,7 +32,16 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+class ReadyResponse(BaseModel):
+    status: str
+    reason: str | None = None
+
+
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    responses={503: {"model": ReadyResponse, "description": "loading, or not able to serve"}},
+)
 async def ready(state: StateDep) -> ORJSONResponse:
     """Ready: the bundle is loaded, a warm-up batch ran and the collections are open."""
     reason = state.not_ready_reason()
@@ -40,7 +50,7 @@ async def ready(state: StateDep) -> ORJSONResponse:
     return ORJSONResponse({"status": "ready"})
 
 
-@router.get("/info", dependencies=[ReadScope])
+@router.get("/info", dependencies=[ReadScope], responses=errors(503))
 async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
     """The model, pooling, dims, whitening, head, limits and versions."""
     import onnxruntime

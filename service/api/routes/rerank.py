@@ -13,25 +13,27 @@ import numpy as np
 from fastapi import APIRouter
 
 from service.api.auth import ReadScope
-from service.api.deps import EngineDep, StateDep
-from service.api.responses import ORJSONResponse
+from service.api.deps import Abandonable, EngineDep, StateDep
+from service.api.responses import ORJSONResponse, errors
 from service.api.routes.common import timing_headers
+from service.api.routing import ApiRoute
 from service.api.schemas import Prediction, PredictRequest, Rank, RerankRequest
 from service.errors import ValidationError
 from service.runtime.cross import Direction, PairInput, softmax
 
 router = APIRouter(
-    tags=["cross-encoder"],
-    dependencies=[ReadScope],
-    responses={424: {"description": "no_cross_encoder: the bundle was built without one"}},
+    tags=["cross-encoder"], dependencies=[ReadScope, Abandonable], route_class=ApiRoute
 )
+ERRORS = errors(413, 415, 422, 424, 429, 503)
 
 
 def _direction(value: str) -> Direction:
     return cast(Direction, value.lower())
 
 
-@router.post("/rerank", response_model=list[Rank], response_model_exclude_none=True)
+@router.post(
+    "/rerank", response_model=list[Rank], response_model_exclude_none=True, responses=ERRORS
+)
 async def rerank(body: RerankRequest, engine: EngineDep, state: StateDep) -> ORJSONResponse:
     """Rank texts by the cross-encoder's relevance to the query, best first (TEI)."""
     if not body.texts:
@@ -76,7 +78,7 @@ def _predict_inputs(inputs: str | list[str] | list[list[str]]) -> tuple[list[Pai
     return items, True
 
 
-@router.post("/predict", response_model=list[Prediction] | list[list[Prediction]])
+@router.post("/predict", response_model=list[Prediction] | list[list[Prediction]], responses=ERRORS)
 async def predict(body: PredictRequest, engine: EngineDep) -> ORJSONResponse:
     """The cross-encoder's label scores for a text, a pair, or a batch of them (TEI)."""
     items, batch = _predict_inputs(body.inputs)

@@ -6,15 +6,21 @@ import numpy as np
 from fastapi import APIRouter
 
 from service.api.auth import ReadScope
-from service.api.deps import EngineDep
-from service.api.responses import ORJSONResponse
+from service.api.deps import Abandonable, EngineDep
+from service.api.responses import ORJSONResponse, errors
 from service.api.routes.common import timing_headers
+from service.api.routing import ApiRoute
 from service.api.schemas import SimilarityRequest, SimilarityResponse, TEISimilarityRequest
+from service.runtime.engine import Engine
 
-router = APIRouter(tags=["similarity"], dependencies=[ReadScope])
+router = APIRouter(tags=["similarity"], dependencies=[ReadScope, Abandonable], route_class=ApiRoute)
 
 
-@router.post("/v1/similarity", response_model=SimilarityResponse)
+@router.post(
+    "/v1/similarity",
+    response_model=SimilarityResponse,
+    responses=errors(413, 415, 422, 424, 429, 503, openai=True),
+)
 async def score_pairs(body: SimilarityRequest, engine: EngineDep) -> ORJSONResponse:
     """Score text pairs: bi (whitened cosine + pair head) or cross (the cross-encoder)."""
     pairs = [(p.a, p.b) for p in body.pairs]
@@ -46,9 +52,8 @@ async def score_pairs(body: SimilarityRequest, engine: EngineDep) -> ORJSONRespo
     )
 
 
-@router.post("/similarity", response_model=list[float])
-async def score_sentences(body: TEISimilarityRequest, engine: EngineDep) -> ORJSONResponse:
-    """Cosine of whitened vectors between a source sentence and each of `sentences` (TEI)."""
+async def score_sentences_of(body: TEISimilarityRequest, engine: Engine) -> ORJSONResponse:
+    """TEI's /similarity answer: the cosine of the source with each sentence."""
     sentences = body.inputs.sentences
     emb = await engine.embed(
         [body.inputs.source_sentence, *sentences],
@@ -57,3 +62,9 @@ async def score_sentences(body: TEISimilarityRequest, engine: EngineDep) -> ORJS
     )
     scores = emb.vectors[1:] @ emb.vectors[0]
     return ORJSONResponse(np.asarray(scores, dtype=np.float32), headers=timing_headers(emb.timings))
+
+
+@router.post("/similarity", response_model=list[float], responses=errors(413, 415, 422, 429, 503))
+async def score_sentences(body: TEISimilarityRequest, engine: EngineDep) -> ORJSONResponse:
+    """Cosine of whitened vectors between a source sentence and each of `sentences` (TEI)."""
+    return await score_sentences_of(body, engine)
