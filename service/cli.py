@@ -206,6 +206,34 @@ def cmd_split_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label_pairs(args: argparse.Namespace) -> int:
+    try:
+        from models.export_onnx import require_build_extra
+
+        require_build_extra()
+        from models.finetune_augment import label_pairs
+    except ImportError as exc:
+        print(f"simsvc label-pairs: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = label_pairs(
+            args.cross_model,
+            args.bi_model,
+            args.pairs,
+            args.out,
+            top_k=args.top_k,
+            max_length=args.max_length,
+            device=args.device,
+            threads=args.threads,
+            say=lambda m: print(m, file=sys.stderr),
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"simsvc label-pairs: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def _client(args: argparse.Namespace) -> ServiceClient:
     from service.client import ServiceClient
 
@@ -495,6 +523,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev-share", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_split_pairs)
+
+    p = sub.add_parser(
+        "label-pairs", help="silver pairs for a bi-encoder, scored by a cross-encoder"
+    )
+    p.add_argument("--cross-model", required=True, help="a `finetune --objective cross` output")
+    p.add_argument("--bi-model", required=True, help="bi-encoder that picks each sentence's pairs")
+    p.add_argument(
+        "--pairs", required=True, type=Path, nargs="+", action="extend", help="gold train pairs"
+    )
+    p.add_argument("--out", required=True, type=Path, help="STS TSV to write")
+    p.add_argument("--top-k", type=int, default=3, help="nearest sentences paired with each")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_label_pairs)
 
     p = sub.add_parser("index", help="bulk-index a JSONL file into a collection (resumable)")
     p.add_argument("file", type=Path, help='JSONL: {"id", "text", "metadata"} or BEIR corpus')

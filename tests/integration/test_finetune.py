@@ -361,3 +361,40 @@ def test_cli_split_pairs_and_bad_input(
     assert "mnrl" in capsys.readouterr().err
     assert main([*base, "--pairs", str(data["positives"]), "--objective", "cosent"]) == 2
     assert "labels" in capsys.readouterr().err
+
+
+def test_label_pairs_scores_new_neighbour_pairs_with_the_cross_encoder(
+    tiny_checkpoint: Path, data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from models.finetune_augment import neighbour_pairs
+    from models.finetune_data import read_pair_data
+
+    # Rows 0/1 and 2/3 are near each other: each row's nearest pairs it with its partner.
+    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert neighbour_pairs(vectors, 1) == [(0, 1), (2, 3)]
+
+    cross = tmp_path / "cross"
+    finetune(options(tiny_checkpoint, [data["sts_train"]], cross, objective="cross", epochs=1))
+    silver = tmp_path / "silver.tsv"
+    args = ["label-pairs", "--cross-model", str(cross), "--bi-model", str(tiny_checkpoint)]
+    args += ["--pairs", str(data["sts_train"]), "--out", str(silver), "--top-k", "2"]
+    assert main([*args, "--max-length", "48", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    labelled = read_pair_data([silver])
+    gold = read_pair_data([data["sts_train"]])
+    assert labelled.kind == "graded" and len(labelled) == report["pairs"] > 100
+    assert labelled.gold.min() >= 0 and labelled.gold.max() <= 5
+    gold_pairs = set(zip(gold.a, gold.b, strict=True))
+    new = set(zip(labelled.a, labelled.b, strict=True))
+    assert not new & gold_pairs and not {(b, a) for a, b in new} & gold_pairs
+    assert set(labelled.a) | set(labelled.b) <= set(gold.a) | set(gold.b)  # train text only
+    # The scores are the saved cross-encoder's probabilities x 5.
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    net = AutoModelForSequenceClassification.from_pretrained(str(cross)).eval()
+    tok = AutoTokenizer.from_pretrained(str(cross))
+    with torch.no_grad():
+        logit = float(net(**tok(labelled.a[0], labelled.b[0], return_tensors="pt")).logits[0, 0])
+    assert labelled.gold[0] == pytest.approx(5 / (1 + np.exp(-logit)), abs=1e-3)
