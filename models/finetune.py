@@ -46,21 +46,17 @@ from models.finetune_data import (
     is_retrieval,
     plain_batches,
     read_pair_data,
-    read_retrieval,
 )
+from models.finetune_eval import DevSets, figure_line, primary
 from models.finetune_models import (
     POOLINGS,
     cosent_loss,
     cross_logits,
     embed,
-    encode_texts,
     load_cross,
     load_encoder,
     mark_cross,
     mnrl_loss,
-    pair_figures,
-    retrieval_figures,
-    score_pairs,
     st_max_length,
     st_pooling,
     tokenize,
@@ -257,71 +253,6 @@ def _resolve_config(opts: FinetuneOptions) -> TrainConfig:
     )
 
 
-# --- dev evaluation ------------------------------------------------------------------------
-
-
-class DevSets:
-    """The dev data, read once; `figures` scores the network on all of it."""
-
-    def __init__(self, paths: list[str], objective: str) -> None:
-        self.objective = objective
-        self.sets: list[tuple[str, Any]] = []
-        for p in paths:
-            path = Path(p)
-            if is_retrieval(path):
-                self.sets.append((path.name, read_retrieval(path, "dev")))
-            else:
-                data = read_pair_data([path], "dev")
-                if data.kind == "positive":
-                    raise ValueError(f"--dev {path}: dev pairs need labels (or a BEIR split)")
-                self.sets.append((path.name, data))
-
-    def __bool__(self) -> bool:
-        return bool(self.sets)
-
-    def figures(self, task: Task) -> dict[str, dict[str, float]]:
-        cfg, net, tok = task.cfg, task.net, task.tokenizer
-        out: dict[str, dict[str, float]] = {}
-        for name, data in self.sets:
-            if isinstance(data, PairData):
-                if cfg.objective == "cross":
-                    s = score_pairs(net, tok, data.a, data.b, cfg.max_length, task.device, "fp32")
-                    out[name] = pair_figures(s, data.gold, data.kind == "binary", cut=0.0)
-                else:
-                    texts = list(dict.fromkeys(data.a + data.b))
-                    where = {t: i for i, t in enumerate(texts)}
-                    vec = encode_texts(
-                        net, tok, texts, cfg.pooling, cfg.max_length, task.device, "fp32"
-                    )
-                    ia = np.array([where[t] for t in data.a])
-                    ib = np.array([where[t] for t in data.b])
-                    cos = np.einsum("ij,ij->i", vec[ia], vec[ib]).astype(np.float64)
-                    out[name] = pair_figures(cos, data.gold, data.kind == "binary", cut=None)
-            else:
-                qids = sorted(data.qrels)
-                dids = list(data.corpus)
-
-                def enc(texts: list[str]) -> np.ndarray:
-                    return encode_texts(
-                        net, tok, texts, cfg.pooling, cfg.max_length, task.device, "fp32"
-                    )
-
-                out[name] = retrieval_figures(
-                    enc([data.queries[q] for q in qids]),
-                    enc([data.corpus[d] for d in dids]),
-                    qids,
-                    dids,
-                    data,
-                )
-        return out
-
-
-def primary(figures: dict[str, dict[str, float]]) -> float:
-    """The figure early stopping follows: the first dev set's Spearman or nDCG@10."""
-    first = next(iter(figures.values()))
-    return float(first["ndcg@10"] if "ndcg@10" in first else first["spearman"])
-
-
 # --- output --------------------------------------------------------------------------------
 
 
@@ -450,7 +381,9 @@ def finetune(opts: FinetuneOptions, say: Callable[[str], None] = log.info) -> di
 
     def evaluate(run: RunState) -> None:
         clock = time.monotonic()
-        figures = dev.figures(task)
+        figures = dev.figures(
+            net, tokenizer, cfg.objective, cfg.pooling, cfg.max_length, device, precision
+        )
         run.eval_seconds += time.monotonic() - clock
         figure = primary(figures)
         loss = float(np.mean(run.recent)) if run.recent else None
@@ -475,7 +408,7 @@ def finetune(opts: FinetuneOptions, say: Callable[[str], None] = log.info) -> di
         run = RunState(horizon=1, steps_per_epoch=len(batches))
         if dev:
             evaluate(run)
-            say(f"dev before training: {_figure_line(run.curve[-1])}")
+            say(f"dev before training: {figure_line(run.curve[-1])}")
         if opts.epochs is not None:
             run.horizon = max(1, math.ceil(opts.epochs * len(batches)))
         else:
@@ -543,7 +476,7 @@ def finetune(opts: FinetuneOptions, say: Callable[[str], None] = log.info) -> di
         if dev and (due or run.step == run.horizon):
             evaluate(run)
             run.recent = []
-            note(f"dev at step {run.step}: {_figure_line(run.curve[-1])}")
+            note(f"dev at step {run.step}: {figure_line(run.curve[-1])}")
             if cfg.patience > 0 and run.bad_evals >= cfg.patience:
                 run.stopped = f"early stop: no gain in {cfg.patience} evaluations"
                 clock = time.monotonic()
@@ -579,11 +512,3 @@ def _positives_only(data: PairData) -> PairData:
 
 def _evals_per_epoch(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return 1 if cfg.eval_every <= 0 else max(1, steps_per_epoch // cfg.eval_every)
-
-
-def _figure_line(point: dict[str, Any]) -> str:
-    parts = []
-    for name, figures in point["sets"].items():
-        shown = ", ".join(f"{k} {v}" for k, v in figures.items() if k != "queries")
-        parts.append(f"{name}: {shown}")
-    return "; ".join(parts)

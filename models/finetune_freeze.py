@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.finetune_data import both_orders, read_pair_data
-from models.finetune_models import load_cross, mark_cross, pair_figures, score_pairs, tokenize
+from models.finetune_eval import DevSets
+from models.finetune_models import load_cross, mark_cross, tokenize
 from models.train_head import fit_calibration, fit_linear_path
 from models.training import autocast, prepare_out, resolve_device, resolve_precision
 
@@ -120,12 +121,10 @@ def fit_frozen(opts: FinetuneOptions, say: Callable[[str], None]) -> dict[str, A
         net.classifier.bias.fill_(bias)
     say(f"{opts.head}: C={fit.facts['c']}, cross-validated Spearman {fit.facts['cv_spearman']}")
 
-    curve: dict[str, dict[str, float]] = {}
-    for path in opts.dev:
-        dev = read_pair_data([Path(path)], "dev")
-        scores = score_pairs(net, tokenizer, dev.a, dev.b, opts.max_length, device, "fp32")
-        curve[Path(path).name] = pair_figures(scores, dev.gold, dev.kind == "binary", cut=0.0)
-        say(f"dev {Path(path).name}: {curve[Path(path).name]}")
+    dev = DevSets([str(p) for p in opts.dev], "cross")
+    curve = dev.figures(net, tokenizer, "cross", "cls", opts.max_length, device, "fp32")
+    for name, figures in curve.items():
+        say(f"dev {name}: {figures}")
     opts.out.mkdir(parents=True, exist_ok=True)
     mark_cross(net)
     net.save_pretrained(str(opts.out))

@@ -234,6 +234,32 @@ def cmd_label_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_checkpoint(args: argparse.Namespace) -> int:
+    try:
+        from models.export_onnx import require_build_extra
+
+        require_build_extra()
+        from models.finetune_eval import evaluate_checkpoint
+    except ImportError as exc:
+        print(f"simsvc evaluate-checkpoint: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = evaluate_checkpoint(
+            args.model,
+            args.dev,
+            max_length=args.max_length,
+            pooling=args.pooling,
+            device=args.device,
+            precision=args.precision,
+            threads=args.threads,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"simsvc evaluate-checkpoint: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def _client(args: argparse.Namespace) -> ServiceClient:
     from service.client import ServiceClient
 
@@ -538,6 +564,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_label_pairs)
+
+    p = sub.add_parser(
+        "evaluate-checkpoint", help="dev figures of a fine-tuned bi- or cross-encoder checkpoint"
+    )
+    p.add_argument("--model", required=True, help="a `simsvc finetune` output (or any checkpoint)")
+    p.add_argument(
+        "--dev", required=True, type=Path, nargs="+", action="extend", help="as finetune --dev"
+    )
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--pooling", choices=["auto", "mean", "cls"], default="auto")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate_checkpoint)
 
     p = sub.add_parser("index", help="bulk-index a JSONL file into a collection (resumable)")
     p.add_argument("file", type=Path, help='JSONL: {"id", "text", "metadata"} or BEIR corpus')

@@ -197,6 +197,14 @@ def test_cross_encoder_learns_a_pair_task_and_loads_as_a_classifier(
     again = pair_figures(logits.astype(np.float64), dev.gold, True, 0.0)
     assert again["spearman"] == pytest.approx(run["dev_best"], abs=0.05)
 
+    # `simsvc evaluate-checkpoint` scores the output the same way, and with both orders.
+    from models.finetune_eval import evaluate_checkpoint
+
+    report = evaluate_checkpoint(str(out), [data["bin_dev"]], max_length=48, threads=1)
+    scored = report["figures"]["bin-dev.tsv"]
+    assert report["kind"] == "cross-encoder" and scored["spearman"] == again["spearman"]
+    assert {"spearman_both_orders", "auc_both_orders", "accuracy"} <= scored.keys()
+
 
 def test_freeze_fits_the_classifier_on_frozen_pooled_cls(
     tiny_checkpoint: Path, data: dict[str, Path], tmp_path: Path
@@ -341,6 +349,12 @@ def test_cli_finetune_writes_a_bi_encoder_that_builds_a_bundle(
     assert manifest.pooling == "mean" and manifest.max_length == 48
     served = evaluate_bundle(bundle, [data["sts_dev"]], threads=1)["dev.tsv"]
     assert served["spearman"]["raw_cosine"] == pytest.approx(card["dev_best"], abs=0.05)
+
+    ev = ["evaluate-checkpoint", "--model", str(out), "--dev", str(data["sts_dev"])]
+    assert main([*ev, "--max-length", "48", "--threads", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "bi-encoder (mean pooling)"
+    assert report["figures"]["dev.tsv"]["spearman"] == card["dev_best"]
 
 
 def test_cli_split_pairs_and_bad_input(
