@@ -31,17 +31,19 @@ class DevSets:
 
     def __init__(self, paths: list[str], objective: str) -> None:
         self.sets: list[tuple[str, Any]] = []
+        names = [Path(p).name for p in paths]
         for p in paths:
             path = Path(p)
+            name = path.name if names.count(path.name) == 1 else f"{path.parent.name}/{path.name}"
             if is_retrieval(path):
                 if objective == "cross":
                     raise ValueError(f"--dev {path}: a BEIR split scores a bi-encoder")
-                self.sets.append((path.name, read_retrieval(path, "dev")))
+                self.sets.append((name, read_retrieval(path, "dev")))
             else:
                 data = read_pair_data([path], "dev")
                 if data.kind == "positive":
                     raise ValueError(f"--dev {path}: dev pairs need labels (or a BEIR split)")
-                self.sets.append((path.name, data))
+                self.sets.append((name, data))
 
     def __bool__(self) -> bool:
         return bool(self.sets)

@@ -136,3 +136,18 @@ def test_both_orders_doubles_the_pairs() -> None:
     pairs = list(zip(twice.a, twice.b, strict=True))
     assert pairs == [("a", "b"), ("c", "d"), ("b", "a"), ("d", "c")]
     assert twice.target.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_dev_sets_with_one_file_name_are_told_apart_by_their_folder(tmp_path: Path) -> None:
+    from models.finetune_eval import DevSets
+
+    for name in ("ATEC", "BQ"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "dev.tsv").write_text("a\tb\t1\nc\td\t0\n")
+    sets = DevSets([str(tmp_path / "ATEC/dev.tsv"), str(tmp_path / "BQ/dev.tsv")], "cosent")
+    assert [name for name, _ in sets.sets] == ["ATEC/dev.tsv", "BQ/dev.tsv"]
+    assert [name for name, _ in DevSets([str(tmp_path / "BQ/dev.tsv")], "cross").sets] == [
+        "dev.tsv"
+    ]
+    with pytest.raises(ValueError, match="bi-encoder"):
+        DevSets([str(write_beir(tmp_path / "beir"))], "cross")
