@@ -121,6 +121,7 @@ class FinetuneOptions:
     precision: str = "auto"
     stop_after: int | None = None
     log_every: int = 20
+    save_every: int = 200
     threads: int = 0
     progress: bool = True
 
@@ -481,6 +482,9 @@ def finetune(opts: FinetuneOptions, say: Callable[[str], None] = log.info) -> di
                 run.stopped = f"early stop: no gain in {cfg.patience} evaluations"
                 clock = time.monotonic()
                 break
+            save()
+            clock = time.monotonic()
+        elif opts.save_every > 0 and run.step % opts.save_every == 0:
             save()
             clock = time.monotonic()
     bar.close()

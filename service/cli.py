@@ -535,6 +535,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", choices=["lr", "svm"], default="lr", help="the --freeze classifier")
     p.add_argument("--stop-after", type=int, help="stop (saved, resumable) after this step")
     p.add_argument("--log-every", type=int, default=20)
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=200,
+        help="steps between resume states (besides each dev score)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--force", action="store_true", help="start over in a non-empty --out")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

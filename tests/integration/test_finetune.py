@@ -262,7 +262,7 @@ def test_resuming_gives_the_same_run_as_not_stopping(
 ) -> None:
     pairs = [data["positives"]] if objective == "mnrl" else [data["sts_train"]]
     dev = [] if objective == "mnrl" else [data["sts_dev"]]
-    common = {"objective": objective, "dev": dev, "epochs": 2, "eval_every": 7}
+    common = {"objective": objective, "dev": dev, "epochs": 2, "eval_every": 7, "save_every": 4}
     straight = finetune(options(tiny_checkpoint, pairs, tmp_path / "straight", **common))
     first = finetune(options(tiny_checkpoint, pairs, tmp_path / "split", stop_after=11, **common))
     assert first["steps"] == 11 and first["stopped"] == "stop-after 11"
