@@ -16,10 +16,8 @@ on every position: on CPU the 30 k-way output layer over all tokens would domina
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -42,17 +40,31 @@ from models.pretrain_data import (
     mask_batch,
     stream_instances,
 )
+from models.training import (
+    adamw,
+    autocast,
+    check_same_config,
+    grad_scaler,
+    horizon_for,
+    lr_factor,
+    prepare_out,
+    progress_note,
+    quiet_transformers,
+    read_state,
+    resolve_device,
+    resolve_precision,
+    restore_state,
+    save_state,
+    step_seconds,
+    update,
+    warmup_steps,
+)
 
 log = logging.getLogger("simsvc.pretrain")
 
 STATE_DIR = "state"
 LOG_FILE = "pretrain_log.json"
 STATE_VERSION = 1
-BETAS = (0.9, 0.999)
-ADAM_EPS = 1e-6
-NO_DECAY = ("bias", "LayerNorm.weight")
-HORIZON_MARGIN = 0.9
-"""Share of a time budget the estimated step count may fill (evaluation, saving, noise)."""
 
 
 @dataclass
@@ -164,27 +176,7 @@ def text_encoder(tokenizer: Any) -> Encode:
     return encode
 
 
-def lr_factor(step: int, horizon: int, warmup_steps: int) -> float:
-    """Peak-rate multiplier for update `step` (1-based): linear warm-up, then linear decay
-    that would reach zero one step after the horizon."""
-    if step <= warmup_steps:
-        return step / warmup_steps
-    return max(0.0, (horizon - step + 1) / (horizon - warmup_steps + 1))
-
-
-def warmup_steps(warmup: float, horizon: int) -> int:
-    """Warm-up length for a share of the horizon (at least one step unless the share is 0)."""
-    return max(1, round(warmup * horizon)) if warmup > 0 else 0
-
-
 # --- model --------------------------------------------------------------------------------
-
-
-def _quiet_transformers() -> None:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
-    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _require_bert(config: Any, where: str) -> None:
@@ -201,7 +193,7 @@ def load_pretraining_checkpoint(model: str) -> tuple[Any, list[str]]:
     import torch
     from transformers import AutoConfig, BertForPreTraining
 
-    _quiet_transformers()
+    quiet_transformers()
     _require_bert(AutoConfig.from_pretrained(model), model)
     loaded: Any = BertForPreTraining.from_pretrained(
         model, dtype=torch.float32, output_loading_info=True
@@ -212,42 +204,6 @@ def load_pretraining_checkpoint(model: str) -> tuple[Any, list[str]]:
     if encoder_missing:
         raise ValueError(f"{model}: encoder weights missing from the checkpoint: {encoder_missing}")
     return net.float(), missing
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
-
-
-def _precision(name: str, device: Any) -> str:
-    """fp32 on CPU; bf16 (else fp16) autocast on GPU."""
-    import torch
-
-    if name == "auto":
-        if device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if name not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {name!r}")
-    if name == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 mixed precision needs a GPU")
-    return name
-
-
-def _autocast(device: Any, precision: str) -> contextlib.AbstractContextManager[Any]:
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _tensors(batch: Batch, device: Any) -> dict[str, Any]:
@@ -303,7 +259,7 @@ def evaluate_batches(
     net.eval()
     masked = mlm_correct = rows = nsp_correct = 0
     mlm_sum = nsp_sum = 0.0
-    with torch.no_grad(), _autocast(device, precision):
+    with torch.no_grad(), autocast(device, precision):
         for batch in batches:
             r = _losses(net, _tensors(batch, device))
             masked += r["masked"]
@@ -345,128 +301,20 @@ def _save(
     run: RunState,
 ) -> None:
     """Write the HF checkpoint and the resume state (swapped in whole, never half-written)."""
-    import torch
-    from safetensors.torch import save_file, save_model
-
     net.save_pretrained(str(out))
-    tmp, state, old = out / ".state.tmp", out / STATE_DIR, out / ".state.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(net, str(tmp / "model.safetensors"))
-    opt = optimizer.state_dict()
-    save_file(
-        {
-            f"{i}/{k}": v.detach().cpu().contiguous()
-            for i, s in opt["state"].items()
-            for k, v in s.items()
-        },
-        str(tmp / "optimizer.safetensors"),
-    )
-    rng = {"torch": torch.get_rng_state()}
-    if next(net.parameters()).is_cuda:
-        rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, str(tmp / "rng.safetensors"))
-    record = {
-        "version": STATE_VERSION,
-        "config": asdict(cfg),
-        "run": asdict(run),
-        "param_groups": opt["param_groups"],
-        "mask_rng": mask_rng.bit_generator.state,
-        "scaler": scaler.state_dict() if scaler is not None else None,
-    }
-    (tmp / "state.json").write_text(json.dumps(record, indent=1))
-    shutil.rmtree(old, ignore_errors=True)
-    if state.exists():
-        state.rename(old)
-    tmp.rename(state)
-    shutil.rmtree(old, ignore_errors=True)
+    record = {"config": asdict(cfg), "run": asdict(run), "mask_rng": mask_rng.bit_generator.state}
+    save_state(out / STATE_DIR, net, optimizer, scaler, record, STATE_VERSION)
     summary = {k: v for k, v in asdict(run).items() if k != "recent"}
     (out / LOG_FILE).write_text(json.dumps({"config": asdict(cfg), **summary}, indent=1))
-
-
-def _read_state(out: Path) -> dict[str, Any]:
-    path = out / STATE_DIR / "state.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{out}: no saved state to resume from ({path} missing)")
-    record: dict[str, Any] = json.loads(path.read_text())
-    if record.get("version") != STATE_VERSION:
-        raise ValueError(f"{path}: state version {record.get('version')}, need {STATE_VERSION}")
-    return record
-
-
-def _restore(
-    out: Path,
-    record: dict[str, Any],
-    net: Any,
-    optimizer: Any,
-    scaler: Any,
-    mask_rng: np.random.Generator,
-    device: Any,
-) -> None:
-    """Load weights, optimizer, RNGs and scaler saved by `_save` into live objects."""
-    import torch
-    from safetensors.torch import load_file, load_model
-
-    state = out / STATE_DIR
-    load_model(net, str(state / "model.safetensors"), strict=True, device=str(device))
-    per_param: dict[int, dict[str, Any]] = {}
-    for key, value in load_file(str(state / "optimizer.safetensors")).items():
-        index, name = key.split("/")
-        per_param.setdefault(int(index), {})[name] = value
-    groups = [{**g, "betas": tuple(g["betas"])} for g in record["param_groups"]]
-    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-    rng = load_file(str(state / "rng.safetensors"))
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"])
-    mask_rng.bit_generator.state = record["mask_rng"]
-    if scaler is not None and record.get("scaler"):
-        scaler.load_state_dict(record["scaler"])
-
-
-def _check_same_config(recorded: dict[str, Any], now: TrainConfig) -> None:
-    changed = {k: (recorded.get(k), v) for k, v in asdict(now).items() if recorded.get(k) != v}
-    if changed:
-        detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in changed.items())
-        raise ValueError(f"--resume with different settings would not resume the run: {detail}")
 
 
 # --- training -----------------------------------------------------------------------------
 
 
-def _optimizer(net: Any, cfg: TrainConfig) -> Any:
-    """AdamW with no weight decay on biases and LayerNorm weights (BERT's choice)."""
-    import torch
-
-    decay: list[Any] = []
-    no_decay: list[Any] = []
-    for name, p in net.named_parameters():
-        (no_decay if any(n in name for n in NO_DECAY) else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=BETAS, eps=ADAM_EPS)
-
-
-def _step_seconds(net: Any, batch: Batch, device: Any, precision: str) -> float:
-    """Seconds per training step, measured on one batch without changing weights or RNGs."""
-    import torch
-
-    devices = [device] if device.type == "cuda" else []
-    times = []
-    with torch.random.fork_rng(devices=devices):
-        for _ in range(3):
-            started = time.perf_counter()
-            with _autocast(device, precision):
-                r = _losses(net, _tensors(batch, device))
-            (r["mlm"] + r["nsp"]).backward()
-            net.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - started)
-    # The first pass pays one-off allocation; the optimizer step adds roughly a tenth.
-    return 1.1 * float(np.median(times[1:]))
+def _total_loss(net: Any, batch: Batch, device: Any, precision: str) -> Any:
+    with autocast(device, precision):
+        r = _losses(net, _tensors(batch, device))
+        return r["mlm"] + r["nsp"]
 
 
 def _train_step(
@@ -480,25 +328,10 @@ def _train_step(
     precision: str,
 ) -> dict[str, float]:
     """One AdamW update at learning rate `lr`, clipped; returns the batch's figures."""
-    import torch
-
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    with _autocast(device, precision):
+    with autocast(device, precision):
         r = _losses(net, _tensors(batch, device))
         loss = r["mlm"] + r["nsp"]
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:  # fp16: scale the loss, unscale before clipping
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    update(net, optimizer, scaler, loss, lr, clip)
     return {
         "mlm": float(r["mlm"].detach()),
         "nsp": float(r["nsp"].detach()),
@@ -570,7 +403,7 @@ def pretrain(opts: PretrainOptions, say: Callable[[str], None] = log.info) -> di
     from transformers import AutoTokenizer
 
     started = time.monotonic()
-    _quiet_transformers()
+    quiet_transformers()
     if opts.threads > 0:
         torch.set_num_threads(opts.threads)
     if (opts.steps is None) == (opts.time_budget is None) and not opts.resume:
@@ -578,18 +411,13 @@ def pretrain(opts: PretrainOptions, say: Callable[[str], None] = log.info) -> di
     if opts.init and opts.config:
         raise ValueError("give --init or --config, not both")
     out = opts.out
-    record = _read_state(out) if opts.resume else None
+    record = read_state(out / STATE_DIR, STATE_VERSION) if opts.resume else None
     cfg = _resolve_config(opts, record["config"] if record else None)
     if record:
-        _check_same_config(record["config"], cfg)
-    elif out.exists() and any(out.iterdir()):
-        if not opts.force:
-            raise FileExistsError(
-                f"{out} is not empty: pass --resume to continue its run or --force to start over"
-            )
-        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
-    device = _device(opts.device)
-    precision = _precision(opts.precision, device)
+        check_same_config(record["config"], cfg)
+    prepare_out(out, opts.resume, opts.force, STATE_DIR)
+    device = resolve_device(opts.device)
+    precision = resolve_precision(opts.precision, device)
 
     tokenizer = AutoTokenizer.from_pretrained(str(out) if record else cfg.tokenizer)
     if not getattr(tokenizer, "is_fast", False):
@@ -626,15 +454,16 @@ def pretrain(opts: PretrainOptions, say: Callable[[str], None] = log.info) -> di
 
     net.to(device)
     net.train()
-    optimizer = _optimizer(net, cfg)
-    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    optimizer = adamw(net, cfg.lr, cfg.weight_decay)
+    scaler = grad_scaler(precision)
     mask_rng = np.random.default_rng([cfg.seed, 2])
     if record:
         run = RunState(**record["run"])
         run.stopped = ""
         if opts.steps is not None and opts.steps != run.horizon:
             raise ValueError(f"--steps {opts.steps} differs from the run's {run.horizon}")
-        _restore(out, record, net, optimizer, scaler, mask_rng, device)
+        restore_state(out / STATE_DIR, record, net, optimizer, scaler, device)
+        mask_rng.bit_generator.state = record["mask_rng"]
         say(f"resuming at step {run.step} of {run.horizon}")
     else:
         if opts.steps is not None:
@@ -646,9 +475,8 @@ def pretrain(opts: PretrainOptions, say: Callable[[str], None] = log.info) -> di
                 tokens,
                 np.random.default_rng([cfg.seed, 3]),
             )
-            per_step = _step_seconds(net, probe, device, precision)
-            left = opts.time_budget - (time.monotonic() - started)
-            horizon = max(1, int(HORIZON_MARGIN * left / per_step))
+            per_step = step_seconds(net, lambda: _total_loss(net, probe, device, precision), device)
+            horizon = horizon_for(opts.time_budget - (time.monotonic() - started), per_step)
             say(f"time budget {opts.time_budget:.0f} s at ~{per_step:.3f} s/step: {horizon} steps")
         run = RunState(horizon=horizon, heads_initialised=missing)
         out.mkdir(parents=True, exist_ok=True)
@@ -668,6 +496,7 @@ def pretrain(opts: PretrainOptions, say: Callable[[str], None] = log.info) -> di
         file=sys.stderr,
         dynamic_ncols=True,
     )
+    note = progress_note(bar, say)
     clock = time.monotonic()
     while run.step < run.horizon:
         if opts.stop_after is not None and run.step >= opts.stop_after:
@@ -702,7 +531,7 @@ def pretrain(opts: PretrainOptions, say: Callable[[str], None] = log.info) -> di
             run.heldout.append(
                 {"step": run.step, **evaluate_batches(net, heldout, device, precision)}
             )
-            bar.write(_heldout_line(run.heldout[-1]))
+            note(_heldout_line(run.heldout[-1]))
         if opts.save_every > 0 and run.step % opts.save_every == 0 and run.step < run.horizon:
             run.seconds += now - clock
             clock = now
@@ -790,7 +619,7 @@ def evaluate_mlm(
     )
     if not sample:
         raise ValueError("the corpus yields no instances")
-    where = _device(device)
+    where = resolve_device(device)
     net.to(where)
     batches = _masked_batches(sample, tokens, batch_size, np.random.default_rng([seed, 1]))
     figures = evaluate_batches(net, batches, where)

@@ -18,6 +18,7 @@ its weights, so serving is one dot product.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,11 +59,22 @@ def _fit_linear(kind: str, x: np.ndarray, t: np.ndarray, binary: bool, c: float,
 
 
 def _out_of_fold(
-    kind: str, x: np.ndarray, t: np.ndarray, binary: bool, c: float, folds: int, seed: int
+    kind: str,
+    x: np.ndarray,
+    t: np.ndarray,
+    binary: bool,
+    c: float,
+    folds: int,
+    seed: int,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Decision values of each pair from a model that did not see it."""
+    """Decision values of each pair from a model that did not see it (nor any row of its
+    group: a pair read in both orders is one group)."""
     rng = np.random.default_rng(seed)
-    fold_of = rng.permutation(len(t)) % folds
+    if groups is None:
+        fold_of = rng.permutation(len(t)) % folds
+    else:
+        fold_of = (rng.permutation(int(groups.max()) + 1) % folds)[groups]
     decision = np.empty(len(t))
     for f in range(folds):
         held = fold_of == f
@@ -88,6 +100,47 @@ def fit_calibration(kind: str, decision: np.ndarray, t: np.ndarray, binary: bool
     rows, labels, weights = _expand(decision.reshape(-1, 1), t, binary)
     platt = LogisticRegression(C=1e6, max_iter=1000).fit(rows, labels, sample_weight=weights)
     return Calibration("sigmoid", a=float(platt.coef_[0, 0]), b=float(platt.intercept_[0]))
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """The average of linear models along the C path, on standardised features."""
+
+    coef: np.ndarray
+    intercept: float
+    oof: np.ndarray
+    """Out-of-fold decision values of the same average (for calibration)."""
+    facts: dict[str, Any]
+
+
+def fit_linear_path(
+    x: np.ndarray,
+    t: np.ndarray,
+    kind: str,
+    binary: bool,
+    grid: tuple[float, ...] = C_GRID,
+    folds: int = 4,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> LinearFit:
+    """LR or linear SVM on standardised rows `x` with targets `t` in [0, 1]: k-fold Spearman
+    picks the best C, and the models from the strongest penalty up to it are averaged."""
+    cands = sorted(grid)
+    cv = {cand: _out_of_fold(kind, x, t, binary, cand, folds, seed, groups) for cand in cands}
+    rho = {cand: spearman(oof, t) for cand, oof in cv.items()}
+    best_c = max(cands, key=lambda cand: rho[cand])
+    path = [cand for cand in cands if cand <= best_c]
+    best_oof = np.mean([cv[cand] for cand in path], axis=0)
+    fits = [_fit_linear(kind, x, t, binary, cand, seed) for cand in path]
+    coef = np.mean([np.asarray(m.coef_, dtype=np.float64).ravel() for m in fits], axis=0)
+    intercept = float(np.mean([np.asarray(m.intercept_).ravel()[0] for m in fits]))
+    facts = {
+        "c": best_c,
+        "c_path": path,
+        "cv_spearman": round(100 * spearman(best_oof, t), 2),
+        "cv_spearman_by_c": {str(k): round(100 * v, 2) for k, v in rho.items()},
+    }
+    return LinearFit(coef, intercept, best_oof, facts)
 
 
 def train_head(
@@ -121,30 +174,15 @@ def train_head(
     scale[-COSINE_FEATURES:] /= COSINE_BOOST
     x = (feats - mean) / scale
 
-    grid = sorted((c,) if c is not None else C_GRID)
-    cv = {cand: _out_of_fold(kind, x, t, binary, cand, folds, seed) for cand in grid}
-    rho = {cand: spearman(oof, t) for cand, oof in cv.items()}
-    best_c = max(grid, key=lambda cand: rho[cand])
-    path = [cand for cand in grid if cand <= best_c]
-    best_oof = np.mean([cv[cand] for cand in path], axis=0)
-    best_rho = spearman(best_oof, t)
-
-    fits = [_fit_linear(kind, x, t, binary, cand, seed) for cand in path]
-    coef = np.mean([np.asarray(m.coef_, dtype=np.float64).ravel() for m in fits], axis=0)
-    intercept = float(np.mean([np.asarray(m.intercept_).ravel()[0] for m in fits]))
-    weights = coef / scale
-    bias = float(intercept - (coef * mean / scale).sum())
+    fit = fit_linear_path(x, t, kind, binary, (c,) if c is not None else C_GRID, folds, seed)
+    weights = fit.coef / scale
+    bias = float(fit.intercept - (fit.coef * mean / scale).sum())
+    best_oof = fit.oof
     if calibration == "logistic":
         calib = Calibration("logistic")
     else:
         calib = fit_calibration(calibration, best_oof, t, binary)
-    facts = {
-        "c": best_c,
-        "c_path": path,
-        "cv_spearman": round(100 * best_rho, 2),
-        "cv_spearman_by_c": {str(k): round(100 * v, 2) for k, v in rho.items()},
-        "calibration": calibration,
-    }
+    facts = {**fit.facts, "calibration": calibration}
     head = PairHead(
         kind="lr" if kind == "lr" else "svm",
         dims=views.white_a.shape[1],
