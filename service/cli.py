@@ -1,5 +1,5 @@
-"""The `simsvc` command: serve, build, evaluate, and the collection clients index, search and
-evaluate-retrieval (more subcommands register themselves here).
+"""The `simsvc` command: serve, build and evaluate here; the offline training commands
+register from `service.cli_training`, the collection clients from `service.cli_collections`.
 
 Only this module and `service.main` construct `Settings`. Offline subcommands import the
 build extra lazily, with an actionable message when it is missing.
@@ -24,13 +24,13 @@ if TYPE_CHECKING:
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _settings(args: argparse.Namespace, **fields: Any) -> Settings:
+def settings_from_args(args: argparse.Namespace, **fields: Any) -> Settings:
     """Settings from the environment, overridden by the options given on the command line."""
     overrides = {k: v for k, v in fields.items() if v is not None}
     return Settings(**overrides)
 
 
-def _configure_logging(level: str = "info", json_lines: bool = False) -> None:
+def setup_logging(level: str = "info", json_lines: bool = False) -> None:
     from service.logs import configure_logging
 
     configure_logging(level, json_lines)
@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.defaults import ensure_default_bundle
     from service.main import create_app
 
-    settings = _settings(
+    settings = settings_from_args(
         args,
         bundle=args.bundle,
         host=args.host,
@@ -67,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         store=args.store,
         metrics_port=args.metrics_port,
     )
-    _configure_logging(settings.log_level, settings.log_json)
+    setup_logging(settings.log_level, settings.log_json)
     if settings.bundle is None:
         settings = settings.model_copy(update={"bundle": ensure_default_bundle(settings)})
     app = create_app(settings)
@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    _configure_logging()
+    setup_logging()
     try:
         from models.build import BuildOptions, build_bundle
         from models.export_onnx import require_build_extra
@@ -140,7 +140,7 @@ def _evaluate_service(args: argparse.Namespace) -> int:
 
     results: dict[str, Any] = {}
     try:
-        with _client(args) as client:
+        with make_client(args) as client:
             for path in args.sts:
                 pairs = read_pairs(path)
                 results[path.name] = evaluate_similarity(
@@ -167,151 +167,7 @@ def _evaluate_service(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    _configure_logging()
-    try:
-        from models.export_onnx import require_build_extra
-
-        require_build_extra()
-        from models.pretrain import PretrainOptions, pretrain
-    except ImportError as exc:
-        print(f"simsvc pretrain: {exc}", file=sys.stderr)
-        return 2
-    opts = PretrainOptions(
-        **{k: v for k, v in vars(args).items() if k not in ("command", "func", "no_progress")},
-        progress=not args.no_progress,
-    )
-    try:
-        run = pretrain(opts, say=lambda m: print(m, file=sys.stderr))
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"simsvc pretrain: {exc}", file=sys.stderr)
-        return 2
-    keys = ("out", "step", "horizon", "stopped", "seconds", "heads_initialised")
-    print(json.dumps({**{k: run[k] for k in keys}, "heldout": run["heldout"][-1:]}, indent=1))
-    return 0
-
-
-def cmd_evaluate_mlm(args: argparse.Namespace) -> int:
-    try:
-        from models.export_onnx import require_build_extra
-
-        require_build_extra()
-        from models.pretrain import evaluate_mlm, format_mlm
-    except ImportError as exc:
-        print(f"simsvc evaluate-mlm: {exc}", file=sys.stderr)
-        return 2
-    try:
-        figures = evaluate_mlm(
-            args.model,
-            args.corpus,
-            instances=args.instances,
-            max_length=args.max_length,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-            threads=args.threads,
-        )
-    except ValueError as exc:
-        print(f"simsvc evaluate-mlm: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(figures, indent=1) if args.json else format_mlm(figures))
-    return 0
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
-    _configure_logging()
-    try:
-        from models.export_onnx import require_build_extra
-
-        require_build_extra()
-        from models.finetune import FinetuneOptions, finetune
-    except ImportError as exc:
-        print(f"simsvc finetune: {exc}", file=sys.stderr)
-        return 2
-    skip = ("command", "func", "no_progress")
-    opts = FinetuneOptions(
-        **{k: v for k, v in vars(args).items() if k not in skip}, progress=not args.no_progress
-    )
-    try:
-        card = finetune(opts, say=lambda m: print(m, file=sys.stderr))
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"simsvc finetune: {exc}", file=sys.stderr)
-        return 2
-    keys = ("objective", "steps", "epochs", "stopped", "dev_best", "best_step", "seconds_per_epoch")
-    print(json.dumps({"out": str(args.out), **{k: card.get(k) for k in keys}}, indent=1))
-    return 0
-
-
-def cmd_split_pairs(args: argparse.Namespace) -> int:
-    from models.finetune_data import split_pairs
-
-    try:
-        report = {
-            str(p): split_pairs(p, args.out / p.name.split(".")[0], args.dev_share, args.seed)
-            for p in args.pairs
-        }
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"simsvc split-pairs: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=1))
-    return 0
-
-
-def cmd_label_pairs(args: argparse.Namespace) -> int:
-    try:
-        from models.export_onnx import require_build_extra
-
-        require_build_extra()
-        from models.finetune_augment import label_pairs
-    except ImportError as exc:
-        print(f"simsvc label-pairs: {exc}", file=sys.stderr)
-        return 2
-    try:
-        report = label_pairs(
-            args.cross_model,
-            args.bi_model,
-            args.pairs,
-            args.out,
-            top_k=args.top_k,
-            max_length=args.max_length,
-            device=args.device,
-            threads=args.threads,
-            say=lambda m: print(m, file=sys.stderr),
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"simsvc label-pairs: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=1))
-    return 0
-
-
-def cmd_evaluate_checkpoint(args: argparse.Namespace) -> int:
-    try:
-        from models.export_onnx import require_build_extra
-
-        require_build_extra()
-        from models.finetune_eval import evaluate_checkpoint
-    except ImportError as exc:
-        print(f"simsvc evaluate-checkpoint: {exc}", file=sys.stderr)
-        return 2
-    try:
-        report = evaluate_checkpoint(
-            args.model,
-            args.dev,
-            max_length=args.max_length,
-            pooling=args.pooling,
-            device=args.device,
-            precision=args.precision,
-            threads=args.threads,
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"simsvc evaluate-checkpoint: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(report, indent=1))
-    return 0
-
-
-def _client(args: argparse.Namespace) -> ServiceClient:
+def make_client(args: argparse.Namespace) -> ServiceClient:
     from service.client import ServiceClient
 
     return ServiceClient(
@@ -319,166 +175,7 @@ def _client(args: argparse.Namespace) -> ServiceClient:
     )
 
 
-def cmd_index(args: argparse.Namespace) -> int:
-    if args.engine == "ray":
-        return _index_with_ray(args)
-    if len(args.file) != 1:
-        print("simsvc index: the http engine takes one file at a time", file=sys.stderr)
-        return 2
-    args.file = args.file[0]
-    from service.client import ClientError, index_file
-
-    try:
-        with _client(args) as client:
-            report = index_file(
-                client,
-                args.file,
-                args.collection,
-                batch=args.batch,
-                state_path=args.state,
-                progress=None if args.quiet else sys.stderr,
-                say=lambda m: print(m, file=sys.stderr),
-            )
-    except (ClientError, OSError) as exc:
-        print(f"simsvc index: {exc}", file=sys.stderr)
-        print("run the same command again to resume after the acknowledged lines", file=sys.stderr)
-        return 1
-    print(
-        f"{report.indexed} documents indexed into {args.collection} in {report.seconds:.1f}s "
-        f"({report.skipped} lines skipped as already done); the collection holds {report.count}"
-    )
-    return 0
-
-
-def _index_with_ray(args: argparse.Namespace) -> int:
-    """Straight into the PostgreSQL store, encoding in Ray actors (no server involved)."""
-    from service.defaults import ensure_default_bundle
-    from service.main import collection_limits, index_defaults, postgres_options
-
-    settings = _settings(args, bundle=args.bundle, store=args.store)
-    url = settings.store.get_secret_value() if settings.store else ""
-    if not url.startswith(("postgresql://", "postgres://")):
-        print(
-            "simsvc index --engine ray writes to the PostgreSQL store: pass --store "
-            "postgresql://... or set SIMSVC_STORE",
-            file=sys.stderr,
-        )
-        return 2
-    _configure_logging(settings.log_level, settings.log_json)
-    try:
-        from service.ray_index import RayIndexOptions, index_with_ray
-
-        bundle = settings.bundle or ensure_default_bundle(settings)
-        report = index_with_ray(
-            RayIndexOptions(
-                files=args.file,
-                collection=args.collection,
-                bundle=bundle,
-                store=postgres_options(settings),
-                address=args.address,
-                actors=args.actors,
-                actor_cpus=args.actor_cpus,
-                threads=args.actor_threads,
-                batch=args.batch,
-                resume=not args.no_resume,
-                limits=collection_limits(settings),
-                index=index_defaults(settings),
-            ),
-            progress=None if args.quiet else sys.stderr,
-            say=lambda m: print(m, file=sys.stderr),
-        )
-    except (ImportError, OSError, ValueError, ConnectionError) as exc:
-        print(f"simsvc index: {exc}", file=sys.stderr)
-        print("run the same command again to resume: stored ids are skipped", file=sys.stderr)
-        return 1
-    print(
-        f"{report.indexed} documents indexed into {args.collection} in {report.seconds:.1f}s "
-        f"({report.docs_per_second:.1f} docs/s; {report.skipped} already there); the "
-        f"collection holds {report.count}"
-    )
-    return 0
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    from service.client import ClientError, search
-
-    where: dict[str, Any] = {}
-    for item in args.filter:
-        key, sep, value = item.partition("=")
-        if not sep:
-            print(f"simsvc search: --filter takes key=value, got {item!r}", file=sys.stderr)
-            return 2
-        try:
-            where[key] = json.loads(value)
-        except ValueError:
-            where[key] = value
-    try:
-        with _client(args) as client:
-            hits = search(
-                client,
-                args.collection,
-                args.query,
-                args.k,
-                where,
-                mode=args.mode,
-                rerank=args.rerank,
-                explain=args.explain,
-            )
-    except ClientError as exc:
-        print(f"simsvc search: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(hits, indent=1, ensure_ascii=False))
-    else:
-        for rank, hit in enumerate(hits, 1):
-            text = " ".join(hit["text"].split())
-            where_from = ""
-            if hit.get("sources"):
-                where_from = (
-                    " ["
-                    + " ".join(f"{name}#{src['rank']}" for name, src in hit["sources"].items())
-                    + "]"
-                )
-            print(f"{rank:>3}  {hit['score']:.4f}  {hit['id']}{where_from}  {text[:100]}")
-    return 0
-
-
-def cmd_evaluate_retrieval(args: argparse.Namespace) -> int:
-    from service.client import ClientError, evaluate_retrieval, read_beir_qrels, read_beir_queries
-
-    modes = [m for part in args.mode for m in part.split(",") if m] or [None]
-    runs: list[dict[str, Any]] = []
-    try:
-        queries, qrels = read_beir_queries(args.queries), read_beir_qrels(args.qrels)
-        with _client(args) as client:
-            for mode in modes:
-                runs.append(
-                    evaluate_retrieval(
-                        client,
-                        args.collection,
-                        queries,
-                        qrels,
-                        recall_k=args.recall_k,
-                        concurrency=args.concurrency,
-                        progress=None if args.quiet else sys.stderr,
-                        mode=mode,
-                        rerank=args.rerank,
-                    )
-                )
-    except (ClientError, OSError) as exc:
-        print(f"simsvc evaluate-retrieval: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(runs[0] if len(runs) == 1 else runs, indent=1))
-    else:
-        keys = [k for k in runs[0] if k not in ("collection", "concurrency")]
-        print("  ".join(f"{k:>18}" for k in keys))
-        for figures in runs:
-            print("  ".join(f"{figures[k]!s:>18}" for k in keys))
-    return 0
-
-
-def _add_client_options(p: argparse.ArgumentParser) -> None:
+def add_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url",
         default=os.environ.get("SIMSVC_URL", "http://127.0.0.1:8000"),
@@ -593,237 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight (with --url)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("pretrain", help="masked LM + next-sentence pretraining (domain adaptation)")
-    p.add_argument(
-        "--corpus",
-        required=True,
-        type=Path,
-        nargs="+",
-        action="extend",
-        help="paragraph per line, blank line between documents (.gz/.xz too), or pair files",
-    )
-    p.add_argument("--out", required=True, type=Path, help="output checkpoint directory")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--init", help="checkpoint to continue from (keeps its MLM/NSP heads)")
-    src.add_argument("--config", type=Path, help="BERT config.json: start from random weights")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: the --init checkpoint's)")
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=32)
-    length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="optimizer steps (the schedule's horizon)")
-    length.add_argument("--time-budget", type=float, help="seconds for this run")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
-    p.add_argument("--warmup", type=float, default=0.06, help="warm-up share of the steps")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--heldout", type=float, default=0.02, help="share of documents held out")
-    p.add_argument("--eval-instances", type=int, default=1000, help="held-out pairs to score")
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--stop-after", type=int, help="stop (saved, resumable) after this step")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--force", action="store_true", help="start over in a non-empty --out")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_pretrain)
+    from service import cli_collections, cli_training
 
-    p = sub.add_parser("evaluate-mlm", help="MLM and NSP accuracy of a checkpoint on a corpus")
-    p.add_argument("--model", required=True, help="checkpoint with MLM and NSP heads")
-    p.add_argument("--corpus", required=True, type=Path, nargs="+", action="extend")
-    p.add_argument("--instances", type=int, default=4000, help="pairs from the corpus start")
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_evaluate_mlm)
-
-    p = sub.add_parser("finetune", help="fine-tune on labelled pairs: cosent, mnrl or cross")
-    p.add_argument("--model", required=True, help="checkpoint to start from (hub id or folder)")
-    p.add_argument(
-        "--pairs",
-        required=True,
-        type=Path,
-        nargs="+",
-        action="extend",
-        help="STS TSV, 'id||s1||s2||score', 's1<TAB>s2<TAB>0/1', 'query<TAB>positive', "
-        "or a BEIR folder (qrels/train.tsv)",
-    )
-    p.add_argument("--out", required=True, type=Path, help="output checkpoint directory")
-    p.add_argument("--objective", required=True, choices=["cosent", "mnrl", "cross"])
-    p.add_argument(
-        "--dev",
-        type=Path,
-        nargs="+",
-        action="extend",
-        default=[],
-        help="labelled pairs (Spearman) or a BEIR folder (qrels/dev.tsv, nDCG@10); the "
-        "first one picks the best checkpoint",
-    )
-    p.add_argument("--epochs", type=float, help="passes over the pairs (the schedule's horizon)")
-    p.add_argument(
-        "--time-budget",
-        type=float,
-        help="seconds; alone it sets the horizon, with --epochs it stops the run (resumable)",
-    )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per text (cross: per pair)")
-    p.add_argument("--warmup", type=float, default=0.1, help="warm-up share of the steps")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
-    p.add_argument("--scale", type=float, default=20.0, help="cosine scale of cosent and mnrl")
-    p.add_argument(
-        "--pooling",
-        choices=["auto", "mean", "cls"],
-        default="auto",
-        help="bi-encoders: auto = the checkpoint's sentence-transformers pooling, else mean",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=0, help="steps between dev scores (0: epoch)")
-    p.add_argument("--patience", type=int, default=3, help="dev scores without gain (0: off)")
-    p.add_argument(
-        "--length-window",
-        type=int,
-        default=16,
-        help="cosent/cross: batches of similar length within runs of this many batches, "
-        "shuffled (pads less; 0: plain shuffled batches)",
-    )
-    p.add_argument(
-        "--freeze",
-        action="store_true",
-        help="cross only: fit LR/SVM on the frozen pooled [CLS] vector, no fine-tuning",
-    )
-    p.add_argument("--head", choices=["lr", "svm"], default="lr", help="the --freeze classifier")
-    p.add_argument("--stop-after", type=int, help="stop (saved, resumable) after this step")
-    p.add_argument("--log-every", type=int, default=20)
-    p.add_argument(
-        "--save-every",
-        type=int,
-        default=200,
-        help="steps between resume states (besides each dev score)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    p.add_argument("--force", action="store_true", help="start over in a non-empty --out")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_finetune)
-
-    p = sub.add_parser("split-pairs", help="cut pair files or a BEIR folder into train and dev")
-    p.add_argument("pairs", type=Path, nargs="+", help="pair files or BEIR folders")
-    p.add_argument("--out", required=True, type=Path, help="one sub-folder per input")
-    p.add_argument("--dev-share", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_split_pairs)
-
-    p = sub.add_parser(
-        "label-pairs", help="silver pairs for a bi-encoder, scored by a cross-encoder"
-    )
-    p.add_argument("--cross-model", required=True, help="a `finetune --objective cross` output")
-    p.add_argument("--bi-model", required=True, help="bi-encoder that picks each sentence's pairs")
-    p.add_argument(
-        "--pairs", required=True, type=Path, nargs="+", action="extend", help="gold train pairs"
-    )
-    p.add_argument("--out", required=True, type=Path, help="STS TSV to write")
-    p.add_argument("--top-k", type=int, default=3, help="nearest sentences paired with each")
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=0)
-    p.set_defaults(func=cmd_label_pairs)
-
-    p = sub.add_parser(
-        "evaluate-checkpoint", help="dev figures of a fine-tuned bi- or cross-encoder checkpoint"
-    )
-    p.add_argument("--model", required=True, help="a `simsvc finetune` output (or any checkpoint)")
-    p.add_argument(
-        "--dev", required=True, type=Path, nargs="+", action="extend", help="as finetune --dev"
-    )
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--pooling", choices=["auto", "mean", "cls"], default="auto")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="fp32")
-    p.add_argument("--threads", type=int, default=0)
-    p.set_defaults(func=cmd_evaluate_checkpoint)
-
-    p = sub.add_parser("index", help="bulk-index documents into a collection (resumable)")
-    p.add_argument(
-        "file",
-        type=Path,
-        nargs="+",
-        help='JSONL: {"id", "text", "metadata"} or a BEIR corpus; Parquet too with --engine ray',
-    )
-    p.add_argument("--collection", required=True)
-    p.add_argument(
-        "--engine",
-        choices=["http", "ray"],
-        default="http",
-        help="http: NDJSON requests to a running service (--url); ray: Ray Data encodes in "
-        "actors and writes straight into the PostgreSQL store (--store, --bundle)",
-    )
-    p.add_argument("--batch", type=int, default=256, help="documents per request / per actor call")
-    p.add_argument("--state", type=Path, help="http: progress file (default: beside FILE)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--store", help="ray: the PostgreSQL store URL (SIMSVC_STORE)")
-    p.add_argument("--bundle", type=Path, help="ray: model bundle (SIMSVC_BUNDLE; else default)")
-    p.add_argument("--address", help="ray: a Ray cluster to join (auto, or ray://host:port)")
-    p.add_argument("--actors", type=int, default=2, help="ray: encoder actors")
-    p.add_argument(
-        "--actor-cpus",
-        type=float,
-        default=0.5,
-        help="ray: CPUs each actor asks for; fractions leave room for the read tasks",
-    )
-    p.add_argument("--actor-threads", type=int, default=1, help="ray: ONNX threads per actor")
-    p.add_argument(
-        "--no-resume", action="store_true", help="ray: write documents whose id is stored too"
-    )
-    _add_client_options(p)
-    p.set_defaults(func=cmd_index)
-
-    p = sub.add_parser("search", help="search a collection by meaning")
-    p.add_argument("query")
-    p.add_argument("--collection", required=True)
-    p.add_argument("-k", type=int, default=10)
-    p.add_argument(
-        "--filter", action="append", default=[], metavar="KEY=VALUE", help="metadata equality"
-    )
-    p.add_argument(
-        "--mode", choices=["dense", "lexical", "hybrid"], help="default: the collection's"
-    )
-    p.add_argument("--rerank", type=int, default=0, help="rescore the top N (cross-encoder)")
-    p.add_argument("--explain", action="store_true", help="show which lists each hit came from")
-    p.add_argument("--json", action="store_true")
-    _add_client_options(p)
-    p.set_defaults(func=cmd_search)
-
-    p = sub.add_parser(
-        "evaluate-retrieval",
-        help="nDCG@10, recall@100 and MRR@10 of a collection on BEIR queries, per search mode",
-    )
-    p.add_argument("--collection", required=True)
-    p.add_argument("--queries", required=True, type=Path, help="BEIR queries.jsonl")
-    p.add_argument("--qrels", required=True, type=Path, help="BEIR qrels TSV")
-    p.add_argument("--recall-k", type=int, default=100)
-    p.add_argument(
-        "--mode",
-        action="append",
-        default=[],
-        help="dense, lexical, hybrid (repeat or comma-separate for one row each); default: "
-        "the collection's",
-    )
-    p.add_argument("--rerank", type=int, default=0, help="rescore the top N (cross-encoder)")
-    p.add_argument("--concurrency", type=int, default=1, help="queries in flight")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true")
-    _add_client_options(p)
-    p.set_defaults(func=cmd_evaluate_retrieval)
+    cli_training.register(sub)
+    cli_collections.register(sub)
     return parser
 
 

@@ -273,6 +273,7 @@ def make_collections(settings: Settings, metrics: Metrics) -> Collections:
                 settings.search_rrf_k,
                 settings.search_fusion_alpha,
                 min(settings.search_fusion_candidates, settings.max_fusion_candidates),
+                settings.search_fusion_normalization,
             ),
         ),
         search_limits=SearchLimits(

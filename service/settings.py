@@ -190,6 +190,12 @@ class Settings(BaseSettings):
         "min-max normalised; tuned on SciFact's train queries) or rrf",
     )
     search_rrf_k: int = Field(default=60, ge=1, le=10_000)
+    search_fusion_normalization: Literal["minmax", "cosine"] = Field(
+        default="minmax",
+        description="weighted fusion's scale: minmax (each list over its candidates) or "
+        "cosine (dense cosines as they are, BM25 over the query's best); `simsvc tune-search` "
+        "picks per collection",
+    )
     search_fusion_alpha: float = Field(
         default=0.4, ge=0.0, le=1.0, description="weight of the dense list in hybrid search"
     )

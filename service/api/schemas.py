@@ -330,8 +330,13 @@ class FusionOptions(_Strict):
 
     method: Literal["rrf", "weighted"] | None = Field(
         default=None,
-        description="weighted: alpha * dense + (1 - alpha) * lexical over min-max normalised "
-        "scores; rrf: reciprocal-rank fusion",
+        description="weighted: alpha * dense + (1 - alpha) * lexical over normalised scores "
+        "(see normalization); rrf: reciprocal-rank fusion",
+    )
+    normalization: Literal["minmax", "cosine"] | None = Field(
+        default=None,
+        description="weighted: minmax scales each list over its candidates; cosine keeps the "
+        "dense cosines and divides BM25 by the query's best score",
     )
     rrf_k: Integer | None = Field(default=None, ge=1, le=10_000, description="RRF's constant")
     alpha: Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(_number)] | None = Field(

@@ -2,9 +2,15 @@
 
 - `rrf`, reciprocal-rank fusion (Cormack et al. 2009): score = sum over lists of
   weight / (k + rank). Needs no score calibration, so it is robust across collections.
-- `weighted`, a convex combination of min-max normalised scores (Bruch et al. 2023):
-  score = alpha * dense + (1 - alpha) * lexical, each list scaled to [0, 1] over its own
-  candidates (a document missing from a list gets 0 there). Tuned, it can beat RRF.
+- `weighted`, a convex combination of normalised scores (Bruch et al. 2023):
+  score = alpha * dense + (1 - alpha) * lexical (a document missing from a list gets 0
+  there). Tuned, it can beat RRF. Two normalisations:
+  - `minmax`: each list scaled to [0, 1] over its own candidates. It stretches whatever
+    spread a list has, so a weak encoder's near-ties become a full 0..1 range.
+  - `cosine`: the dense scores are cosines, already on an absolute scale, and are kept;
+    the BM25 scores are divided by the query's best one. A flat dense list then adds
+    little, which keeps hybrid at least as good as lexical with a weak encoder (refbert on
+    SciFact, docs/collections.md).
 
 Each fused hit remembers which lists it came from, its rank (1-based) and raw score in each,
 for `"explain": true`.
@@ -19,6 +25,8 @@ from typing import Any, Literal
 from service.runtime.store.base import Document, Hit
 
 FusionMethod = Literal["rrf", "weighted"]
+Normalization = Literal["minmax", "cosine"]
+NORMALIZATIONS: tuple[Normalization, ...] = ("minmax", "cosine")
 LISTS = ("dense", "lexical")
 
 
@@ -33,6 +41,8 @@ class FusionParams:
     (0.5 weighs both lists equally)."""
     candidates: int = 100
     """How deep each list is read before fusing."""
+    normalization: Normalization = "minmax"
+    """How `weighted` puts the two lists' scores on one scale."""
 
 
 @dataclass
@@ -54,13 +64,28 @@ def _minmax(hits: Sequence[Hit]) -> dict[str, float]:
     return {h.document.id: (h.score - low) / span if span > 0 else 1.0 for h in hits}
 
 
+def _scaled_by_best(hits: Sequence[Hit]) -> dict[str, float]:
+    best = max((h.score for h in hits), default=0.0)
+    return {h.document.id: h.score / best if best > 0 else 0.0 for h in hits}
+
+
+def _normalised(name: str, hits: Sequence[Hit], how: Normalization) -> dict[str, float]:
+    if how == "minmax":
+        return _minmax(hits)
+    if name == "dense":
+        return {h.document.id: h.score for h in hits}
+    return _scaled_by_best(hits)
+
+
 def fuse(lists: Mapping[str, Sequence[Hit]], params: FusionParams, k: int) -> list[FusedHit]:
     """The k best documents of the fused lists, best first (ties: the dense order)."""
     weights = {"dense": params.alpha, "lexical": 1.0 - params.alpha}
     fused: dict[str, FusedHit] = {}
     for name in LISTS:
         hits = lists.get(name, ())
-        normalised = _minmax(hits) if params.method == "weighted" else {}
+        normalised = (
+            _normalised(name, hits, params.normalization) if params.method == "weighted" else {}
+        )
         for rank, hit in enumerate(hits, 1):
             doc_id = hit.document.id
             entry = fused.setdefault(doc_id, FusedHit(hit.document, 0.0))

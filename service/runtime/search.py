@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 from service.errors import NoCrossEncoderError, ValidationError
 from service.runtime.engine import Engine
-from service.runtime.fusion import FusedHit, FusionParams, fuse
+from service.runtime.fusion import NORMALIZATIONS, FusedHit, FusionParams, fuse
 from service.runtime.store.base import CollectionStore, Filter, Hit
 
 SearchMode = Literal["dense", "lexical", "hybrid"]
@@ -132,6 +132,10 @@ def check_fusion(fusion: FusionParams, limits: SearchLimits) -> None:
     """Fusion parameters within their documented ranges."""
     if fusion.method not in ("rrf", "weighted"):
         raise ValidationError(f"fusion method must be rrf or weighted, not {fusion.method!r}")
+    if fusion.normalization not in NORMALIZATIONS:
+        raise ValidationError(
+            f"fusion normalization must be minmax or cosine, not {fusion.normalization!r}"
+        )
     if not 0.0 <= fusion.alpha <= 1.0:
         raise ValidationError(f"fusion alpha must be in 0..1, got {fusion.alpha}")
     if not 1 <= fusion.rrf_k <= 10_000:

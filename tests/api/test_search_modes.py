@@ -100,6 +100,22 @@ def test_hybrid_fuses_both_lists_and_explains(client: TestClient) -> None:
     )
     # alpha 0: the lexical list alone decides (normalised to 1 at its best).
     assert weighted["results"][0]["id"] == "dogs" and weighted["results"][0]["score"] == 1.0
+    # cosine normalisation: alpha 1 scores each hit by its dense cosine as it is.
+    cosine = _search(
+        client,
+        query="a dog runs after the ball",
+        k=8,
+        fusion={"method": "weighted", "normalization": "cosine", "alpha": 1.0},
+        explain=True,
+    )
+    for hit in cosine["results"]:
+        dense = hit["sources"].get("dense", {"score": 0.0})["score"]
+        assert hit["score"] == pytest.approx(dense)
+    bad = client.post(
+        "/v1/collections/c/search",
+        json={"query": "dog", "fusion": {"normalization": "zscore"}},
+    )
+    assert bad.status_code == 422 and "normalization" in bad.text
     filtered = _search(client, query="plays sings", k=3, filter={"kind": "music"})
     assert sorted(_ids(filtered)) == ["guitar", "piano"]
 
@@ -112,6 +128,7 @@ def test_search_defaults_are_per_collection_and_reported(client: TestClient) -> 
         "rrf_k": 60,
         "alpha": 0.4,
         "candidates": 100,
+        "normalization": "minmax",
     }
     assert info["lexical"]["analyzer"] == "english" and info["lexical"]["terms"] > 0
     put = client.put(

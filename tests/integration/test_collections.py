@@ -124,6 +124,23 @@ def test_cli_indexes_resumably_searches_and_evaluates(
     assert [r["mode"] for r in rows] == ["dense", "lexical", "hybrid"]
     assert all(r["ndcg@10"] > 0.9 for r in rows)
 
+    tune = ["tune-search", "--collection", "docs", "--queries", str(queries), "--depth", "20"]
+    assert main([*tune, "--qrels", str(qrels), "--url", server.url, "--json", "--apply"]) == 0
+    tuned = json.loads(capsys.readouterr().out)
+    assert tuned["queries"] == 30 and tuned["applied"] and len(tuned["top"]) == 10
+    best = tuned["best"]
+    assert best["ndcg@10"] == max(tuned["best_per_mode"].values()) > 0.9
+    auth = {"authorization": "Bearer secret-key"}
+    info = httpx.get(f"{server.url}/v1/collections/docs", headers=auth).json()
+    assert info["search"]["mode"] == best["mode"], info["search"]
+    if best["mode"] == "hybrid":
+        assert info["search"]["fusion"] == best["fusion"], info["search"]
+    # The applied default is what a search without a mode now runs.
+    answer = httpx.post(
+        f"{server.url}/v1/collections/docs/search", json={"query": texts[3]}, headers=auth
+    ).json()
+    assert answer["mode"] == best["mode"]
+
     monkeypatch.setenv("SIMSVC_API_KEY", "wrong")
     assert main(["search", "--collection", "docs", "x", "--url", server.url]) == 1
     assert "401" in capsys.readouterr().err
