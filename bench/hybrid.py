@@ -105,7 +105,9 @@ def main() -> int:
             figures = evaluate_retrieval(
                 client, args.collection, queries, qrels, mode=mode, fusion=fus, rerank=rerank
             )
-            rows.append([name, figures["ndcg@10"], figures["recall@100"], figures["mrr@10"]])
+            rows.append(
+                [name] + [round(100 * figures[m], 2) for m in ("ndcg@10", "recall@100", "mrr@10")]
+            )
         sample = [queries[q] for q in qids[: args.latency_queries]]
         latency = []
         for kind in ("flat", "hnsw"):
@@ -125,12 +127,13 @@ def main() -> int:
         server.stop()
     judged = args.qrels or "train qrels"
     print(f"\n{machine()}\nSciFact, {len(qids)} judged queries ({judged}), {label}\n")
-    print(table(["mode", "nDCG@10", "recall@100", "MRR@10"], rows))
+    print(table(["mode", "nDCG@10 x100", "recall@100 x100", "MRR@10 x100"], rows))
     print(f"\nfusion tuned on these queries' lists ({args.depth} deep, `simsvc tune-search`'s "
           f"grid): best {best.label()} nDCG@10 {best_score:.4f}")  # fmt: skip
     print(f"best RRF: {best_rrf.label()}")
     print("\ntop settings (dense and lexical alone included):")
-    print(table(["nDCG@10", "setting"], [[round(s, 4), p.label()] for s, p in grid[:10]]))
+    top = [[round(100 * s, 2), p.label()] for s, p in grid[:10]]
+    print(table(["nDCG@10 x100", "setting"], top))
     print(f"\none query at a time, median of {len(sample)}, ms (query encoding included):")
     print(table(["index", "mode", "p50 ms"], latency))
     save_json(f"hybrid-{label}", {"rows": rows, "latency": latency, "best": fusion,

@@ -331,3 +331,28 @@ def test_evaluate_through_a_running_service_equals_the_bundle_s_figures(
         assert top.score == pytest.approx(float(sigmoid(expected)[0]), abs=1e-5)
     finally:
         server.stop()
+
+
+def test_collection_search_reranks_with_the_real_cross_encoder(
+    make_client: Callable[..., TestClient], tiny_cross_bundle: Path, tmp_path: Path
+) -> None:
+    """`rerank` in a collection search rescores the top N with the bundle's ONNX
+    cross-encoder: its order and its scores, the rest untouched."""
+    client = make_client(Settings(bundle=tiny_cross_bundle, threads=1, data_dir=tmp_path))
+    texts = list(dict.fromkeys(sentences(40, seed=21)))[:12]
+    docs = [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)]
+    put = client.post("/v1/collections/c/documents", json={"documents": docs})
+    assert put.status_code == 200, put.text
+    query = texts[3]
+    body: dict[str, Any] = {"query": query, "k": 8, "mode": "hybrid", "explain": True}
+    plain = client.post("/v1/collections/c/search", json=body).json()["results"]
+    ranked = client.post(
+        "/v1/collections/c/search", json={**body, "rerank": {"candidates": 5}}
+    ).json()["results"]
+    top = [h["text"] for h in plain[:5]]
+    expected = raw_scores(cross_logits(_core(tiny_cross_bundle), [(query, t) for t in top]))
+    order = [top[i] for i in np.argsort(-expected, kind="stable")]
+    assert [h["text"] for h in ranked[:5]] == order
+    assert np.allclose([h["score"] for h in ranked[:5]], sigmoid(np.sort(expected)[::-1]))
+    assert [h["sources"]["rerank"]["rank"] for h in ranked[:5]] == [1, 2, 3, 4, 5]
+    assert [h["id"] for h in ranked[5:]] == [h["id"] for h in plain[5:]]
