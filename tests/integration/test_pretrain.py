@@ -185,7 +185,12 @@ def test_time_budget_sets_the_horizon_and_bounds_the_run(
     run = pretrain(options(corpus, tiny_checkpoint, tmp_path / "o", steps=None, time_budget=3))
     assert run["horizon"] > 1 and run["step"] >= 1
     assert run["stopped"] in ("done", "time budget")
-    assert run["seconds"] < 3
+    # The budget is checked before each step, and the held-out scores and saves every 3
+    # steps are not in the horizon's estimate: a run may end one step, one evaluation and
+    # one save past it (a fraction of a second here, more on a loaded machine).
+    assert run["seconds"] < 3 + 1.5
+    if run["stopped"] == "time budget":
+        assert run["step"] < run["horizon"]
 
 
 def test_reference_checkpoint_predicts_masked_tokens_and_next_sentences(shared: Path) -> None:
