@@ -30,6 +30,7 @@ from service.client import (
     ServiceClient,
     evaluate_retrieval,
     index_file,
+    judged_queries,
     read_beir_qrels,
     read_beir_queries,
 )
@@ -65,7 +66,7 @@ def main() -> int:
     scifact = shared / "data" / "scifact"
     queries = read_beir_queries(scifact / "queries.jsonl")
     qrels = read_beir_qrels(args.qrels or scifact / "qrels" / "train.tsv")
-    qids = [q for q in sorted(qrels) if q in queries]
+    qids = judged_queries(queries, qrels)
     model = args.bundle or bundle(
         "minilm-256", str(shared / "models" / "all-MiniLM-L6-v2"), max_length=256
     )

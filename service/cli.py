@@ -12,7 +12,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +20,6 @@ from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.client import ServiceClient
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 def settings_from_args(args: argparse.Namespace, **fields: Any) -> Settings:

@@ -172,14 +172,12 @@ def cmd_evaluate_retrieval(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_search(args: argparse.Namespace) -> int:
-    from service.client import ClientError, read_beir_qrels, read_beir_queries
+    from service.client import ClientError, judged_queries, read_beir_qrels, read_beir_queries
     from service.tuning import default_grid, read_lists, tune
 
     try:
         queries, qrels = read_beir_queries(args.queries), read_beir_qrels(args.qrels)
-        qids = [q for q in sorted(qrels) if q in queries and any(g > 0 for g in qrels[q].values())]
-        if not qids:
-            raise ClientError("no query in the queries file has a relevant document in the qrels")
+        qids = judged_queries(queries, qrels)
         with make_client(args) as client:
             lists = read_lists(client, args.collection, queries, qids, args.depth)
             ranked = tune(lists, qrels, default_grid(args.depth))
@@ -216,6 +214,12 @@ def cmd_tune_search(args: argparse.Namespace) -> int:
     verb = "stored as the collection's default" if args.apply else "(--apply stores it)"
     print(f"best: {best.label()} {verb}")
     return 0
+
+
+def _add_judged_queries(p: argparse.ArgumentParser, qrels_help: str) -> None:
+    p.add_argument("--collection", required=True)
+    p.add_argument("--queries", required=True, type=Path, help="BEIR queries.jsonl")
+    p.add_argument("--qrels", required=True, type=Path, help=qrels_help)
 
 
 def register(sub: Any) -> None:
@@ -275,9 +279,7 @@ def register(sub: Any) -> None:
         "evaluate-retrieval",
         help="nDCG@10, recall@100 and MRR@10 of a collection on BEIR queries, per search mode",
     )
-    p.add_argument("--collection", required=True)
-    p.add_argument("--queries", required=True, type=Path, help="BEIR queries.jsonl")
-    p.add_argument("--qrels", required=True, type=Path, help="BEIR qrels TSV")
+    _add_judged_queries(p, "BEIR qrels TSV")
     p.add_argument("--recall-k", type=int, default=100)
     p.add_argument(
         "--mode",
@@ -297,9 +299,7 @@ def register(sub: Any) -> None:
         "tune-search",
         help="pick a collection's default search mode and fusion on judged (train) queries",
     )
-    p.add_argument("--collection", required=True)
-    p.add_argument("--queries", required=True, type=Path, help="BEIR queries.jsonl")
-    p.add_argument("--qrels", required=True, type=Path, help="BEIR qrels TSV (train queries)")
+    _add_judged_queries(p, "BEIR qrels TSV (train queries: tune on them, report on others)")
     p.add_argument("--depth", type=int, default=100, help="how deep each list is read")
     p.add_argument("--apply", action="store_true", help="store the best as the default")
     p.add_argument("--json", action="store_true")

@@ -5,154 +5,136 @@ is missing, so the runtime install keeps a working `simsvc`."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from service.cli import setup_logging
 
+Handler = Callable[[argparse.Namespace], int]
 
+
+def offline(command: str, build_extra: bool = True) -> Callable[[Handler], Handler]:
+    """One error path for the offline commands: a missing build extra, bad options or
+    files print `simsvc COMMAND: why` and exit 2 instead of a traceback."""
+
+    def wrap(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        def run(args: argparse.Namespace) -> int:
+            try:
+                if build_extra:
+                    from models.export_onnx import require_build_extra
+
+                    require_build_extra()
+                return handler(args)
+            except (ImportError, ValueError, FileExistsError, FileNotFoundError) as exc:
+                print(f"simsvc {command}: {exc}", file=sys.stderr)
+                return 2
+
+        return run
+
+    return wrap
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed options as a run's options (argparse's own keys left out)."""
+    skip = ("command", "func", "no_progress")
+    return {k: v for k, v in vars(args).items() if k not in skip} | {
+        "progress": not args.no_progress
+    }
+
+
+@offline("pretrain")
 def cmd_pretrain(args: argparse.Namespace) -> int:
     setup_logging()
-    try:
-        from models.export_onnx import require_build_extra
+    from models.pretrain import PretrainOptions, pretrain
 
-        require_build_extra()
-        from models.pretrain import PretrainOptions, pretrain
-    except ImportError as exc:
-        print(f"simsvc pretrain: {exc}", file=sys.stderr)
-        return 2
-    opts = PretrainOptions(
-        **{k: v for k, v in vars(args).items() if k not in ("command", "func", "no_progress")},
-        progress=not args.no_progress,
-    )
-    try:
-        run = pretrain(opts, say=lambda m: print(m, file=sys.stderr))
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"simsvc pretrain: {exc}", file=sys.stderr)
-        return 2
+    run = pretrain(PretrainOptions(**_options(args)), say=_say)
     keys = ("out", "step", "horizon", "stopped", "seconds", "heads_initialised")
     print(json.dumps({**{k: run[k] for k in keys}, "heldout": run["heldout"][-1:]}, indent=1))
     return 0
 
 
+@offline("evaluate-mlm")
 def cmd_evaluate_mlm(args: argparse.Namespace) -> int:
-    try:
-        from models.export_onnx import require_build_extra
+    from models.pretrain import evaluate_mlm, format_mlm
 
-        require_build_extra()
-        from models.pretrain import evaluate_mlm, format_mlm
-    except ImportError as exc:
-        print(f"simsvc evaluate-mlm: {exc}", file=sys.stderr)
-        return 2
-    try:
-        figures = evaluate_mlm(
-            args.model,
-            args.corpus,
-            instances=args.instances,
-            max_length=args.max_length,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-            threads=args.threads,
-        )
-    except ValueError as exc:
-        print(f"simsvc evaluate-mlm: {exc}", file=sys.stderr)
-        return 2
+    figures = evaluate_mlm(
+        args.model,
+        args.corpus,
+        instances=args.instances,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+    )
     print(json.dumps(figures, indent=1) if args.json else format_mlm(figures))
     return 0
 
 
+@offline("finetune")
 def cmd_finetune(args: argparse.Namespace) -> int:
     setup_logging()
-    try:
-        from models.export_onnx import require_build_extra
+    from models.finetune import FinetuneOptions, finetune
 
-        require_build_extra()
-        from models.finetune import FinetuneOptions, finetune
-    except ImportError as exc:
-        print(f"simsvc finetune: {exc}", file=sys.stderr)
-        return 2
-    skip = ("command", "func", "no_progress")
-    opts = FinetuneOptions(
-        **{k: v for k, v in vars(args).items() if k not in skip}, progress=not args.no_progress
-    )
-    try:
-        card = finetune(opts, say=lambda m: print(m, file=sys.stderr))
-    except (ValueError, FileExistsError, FileNotFoundError) as exc:
-        print(f"simsvc finetune: {exc}", file=sys.stderr)
-        return 2
+    card = finetune(FinetuneOptions(**_options(args)), say=_say)
     keys = ("objective", "steps", "epochs", "stopped", "dev_best", "best_step", "seconds_per_epoch")
     print(json.dumps({"out": str(args.out), **{k: card.get(k) for k in keys}}, indent=1))
     return 0
 
 
+@offline("split-pairs", build_extra=False)
 def cmd_split_pairs(args: argparse.Namespace) -> int:
     from models.finetune_data import split_pairs
 
-    try:
-        report = {
-            str(p): split_pairs(p, args.out / p.name.split(".")[0], args.dev_share, args.seed)
-            for p in args.pairs
-        }
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"simsvc split-pairs: {exc}", file=sys.stderr)
-        return 2
+    report = {
+        str(p): split_pairs(p, args.out / p.name.split(".")[0], args.dev_share, args.seed)
+        for p in args.pairs
+    }
     print(json.dumps(report, indent=1))
     return 0
 
 
+@offline("label-pairs")
 def cmd_label_pairs(args: argparse.Namespace) -> int:
-    try:
-        from models.export_onnx import require_build_extra
+    from models.finetune_augment import label_pairs
 
-        require_build_extra()
-        from models.finetune_augment import label_pairs
-    except ImportError as exc:
-        print(f"simsvc label-pairs: {exc}", file=sys.stderr)
-        return 2
-    try:
-        report = label_pairs(
-            args.cross_model,
-            args.bi_model,
-            args.pairs,
-            args.out,
-            top_k=args.top_k,
-            max_length=args.max_length,
-            device=args.device,
-            threads=args.threads,
-            say=lambda m: print(m, file=sys.stderr),
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"simsvc label-pairs: {exc}", file=sys.stderr)
-        return 2
+    report = label_pairs(
+        args.cross_model,
+        args.bi_model,
+        args.pairs,
+        args.out,
+        top_k=args.top_k,
+        max_length=args.max_length,
+        device=args.device,
+        threads=args.threads,
+        say=_say,
+    )
     print(json.dumps(report, indent=1))
     return 0
 
 
+@offline("evaluate-checkpoint")
 def cmd_evaluate_checkpoint(args: argparse.Namespace) -> int:
-    try:
-        from models.export_onnx import require_build_extra
+    from models.finetune_eval import evaluate_checkpoint
 
-        require_build_extra()
-        from models.finetune_eval import evaluate_checkpoint
-    except ImportError as exc:
-        print(f"simsvc evaluate-checkpoint: {exc}", file=sys.stderr)
-        return 2
-    try:
-        report = evaluate_checkpoint(
-            args.model,
-            args.dev,
-            max_length=args.max_length,
-            pooling=args.pooling,
-            device=args.device,
-            precision=args.precision,
-            threads=args.threads,
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"simsvc evaluate-checkpoint: {exc}", file=sys.stderr)
-        return 2
+    report = evaluate_checkpoint(
+        args.model,
+        args.dev,
+        max_length=args.max_length,
+        pooling=args.pooling,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+    )
     print(json.dumps(report, indent=1))
     return 0
 

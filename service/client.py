@@ -287,6 +287,14 @@ def read_beir_qrels(path: Path) -> dict[str, dict[str, int]]:
     return out
 
 
+def judged_queries(queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """The ids of the queries with text and at least one relevant document, sorted."""
+    judged = [q for q in sorted(qrels) if q in queries and any(g > 0 for g in qrels[q].values())]
+    if not judged:
+        raise ClientError("no query in the queries file has a relevant document in the qrels")
+    return judged
+
+
 def evaluate_retrieval(
     client: ServiceClient,
     collection: str,
@@ -305,9 +313,7 @@ def evaluate_retrieval(
     queries/s, in one search mode (None: the collection's default)."""
     from tqdm import tqdm
 
-    judged = [q for q in sorted(qrels) if q in queries and any(g > 0 for g in qrels[q].values())]
-    if not judged:
-        raise ClientError("no query in the queries file has a relevant document in the qrels")
+    judged = judged_queries(queries, qrels)
     k = max(ndcg_k, recall_k)
 
     def run(qid: str) -> list[str]:

@@ -69,6 +69,61 @@ class _StageMetrics:
     truncated: Counter
     queue_work_gauge: Gauge
     abandoned_texts: Counter
+    queue_capacity: Gauge
+
+    def _stage_instruments(self, r: CollectorRegistry, prefix: str, item: str, model: str) -> None:
+        """The stage instruments, named `{prefix}...`: one set per model (the encoder's
+        `simsvc_*`, the cross-encoder's `simsvc_cross_*`), counting `item`s (texts, pairs)."""
+        Item = item.capitalize()
+        self.tokenize_seconds = Histogram(
+            f"{prefix}tokenize_seconds",
+            "Tokenization time per request.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            f"{prefix}queue_wait_seconds",
+            f"Time a request's {item} waited for the {model}.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            f"{prefix}inference_seconds",
+            f"{model.capitalize()} time per batch.",
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{prefix}batch_size", f"{Item} per {model} batch.", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            f"{prefix}batch_tokens",
+            f"Padded tokens per {model} batch.",
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth_gauge = Gauge(
+            f"{prefix}queue_depth", f"{Item} accepted and not yet run.", registry=r
+        )
+        self.queue_capacity = Gauge(
+            f"{prefix}queue_capacity",
+            f"{Item} the {model} queue accepts before answering 429.",
+            registry=r,
+        )
+        self.queue_work_gauge = Gauge(
+            f"{prefix}queue_work_seconds",
+            f"Estimated seconds of {model} work queued (tokens over the measured throughput).",
+            registry=r,
+        )
+        self.abandoned_texts = Counter(
+            f"{prefix}abandoned_{item}",
+            f"{Item} dropped from the queue unrun because their client went away.",
+            registry=r,
+        )
+        self.tokens = Counter(f"{prefix}tokens", f"Tokens run through the {model}.", registry=r)
+        self.truncated = Counter(
+            f"{prefix}truncated", f"{Item} cut to the {model}'s max length.", registry=r
+        )
 
     # BatchObserver
     def queue_depth(self, depth: int) -> None:
@@ -116,59 +171,11 @@ class Metrics(_StageMetrics):
         self.errors = Counter(
             "simsvc_errors", "Errors answered to clients, by type.", ["error_type"], registry=r
         )
-        self.tokenize_seconds = Histogram(
-            "simsvc_tokenize_seconds",
-            "Tokenization time per request.",
-            buckets=STAGE_BUCKETS,
-            registry=r,
-        )
-        self.queue_wait_seconds = Histogram(
-            "simsvc_queue_wait_seconds",
-            "Time a request's texts waited for the encoder.",
-            buckets=STAGE_BUCKETS,
-            registry=r,
-        )
-        self.inference_seconds = Histogram(
-            "simsvc_inference_seconds",
-            "Encoder time per batch.",
-            buckets=STAGE_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "simsvc_batch_size", "Texts per encoder batch.", buckets=SIZE_BUCKETS, registry=r
-        )
-        self.batch_tokens = Histogram(
-            "simsvc_batch_tokens",
-            "Padded tokens per encoder batch.",
-            buckets=TOKEN_BUCKETS,
-            registry=r,
-        )
-        self.queue_depth_gauge = Gauge(
-            "simsvc_queue_depth", "Texts accepted and not yet encoded.", registry=r
-        )
-        self.queue_capacity = Gauge(
-            "simsvc_queue_capacity",
-            "Texts the encoder queue accepts before answering 429.",
-            registry=r,
-        )
-        self.queue_work_gauge = Gauge(
-            "simsvc_queue_work_seconds",
-            "Estimated seconds of encoder work queued (tokens over the measured throughput).",
-            registry=r,
-        )
+        self._stage_instruments(r, "simsvc_", "texts", "encoder")
         self.queue_work_limit = Gauge(
             "simsvc_queue_work_limit_seconds",
             "Seconds of queued work beyond which requests get 429.",
             registry=r,
-        )
-        self.abandoned_texts = Counter(
-            "simsvc_abandoned_texts",
-            "Texts dropped from the queue unencoded because their client went away.",
-            registry=r,
-        )
-        self.tokens = Counter("simsvc_tokens", "Tokens encoded.", registry=r)
-        self.truncated = Counter(
-            "simsvc_truncated", "Texts cut to the model's max length.", registry=r
         )
         self.model_info = Info("simsvc_model", "The loaded model bundle.", registry=r)
         self.anisotropy = Gauge(
@@ -294,58 +301,7 @@ class CrossMetrics(_StageMetrics):
     """
 
     def __init__(self, r: CollectorRegistry) -> None:
-        self.tokenize_seconds = Histogram(
-            "simsvc_cross_tokenize_seconds",
-            "Cross-encoder pair tokenization time per request.",
-            buckets=STAGE_BUCKETS,
-            registry=r,
-        )
-        self.queue_wait_seconds = Histogram(
-            "simsvc_cross_queue_wait_seconds",
-            "Time a request's pairs waited for the cross-encoder.",
-            buckets=STAGE_BUCKETS,
-            registry=r,
-        )
-        self.inference_seconds = Histogram(
-            "simsvc_cross_inference_seconds",
-            "Cross-encoder time per batch.",
-            buckets=STAGE_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "simsvc_cross_batch_size",
-            "Pairs per cross-encoder batch.",
-            buckets=SIZE_BUCKETS,
-            registry=r,
-        )
-        self.batch_tokens = Histogram(
-            "simsvc_cross_batch_tokens",
-            "Padded tokens per cross-encoder batch.",
-            buckets=TOKEN_BUCKETS,
-            registry=r,
-        )
-        self.queue_depth_gauge = Gauge(
-            "simsvc_cross_queue_depth", "Pairs accepted and not yet scored.", registry=r
-        )
-        self.queue_capacity = Gauge(
-            "simsvc_cross_queue_capacity",
-            "Pairs the cross-encoder queue accepts before answering 429.",
-            registry=r,
-        )
-        self.queue_work_gauge = Gauge(
-            "simsvc_cross_queue_work_seconds",
-            "Estimated seconds of cross-encoder work queued.",
-            registry=r,
-        )
-        self.abandoned_texts = Counter(
-            "simsvc_cross_abandoned_pairs",
-            "Pairs dropped from the cross-encoder queue unscored because their client went away.",
-            registry=r,
-        )
-        self.tokens = Counter("simsvc_cross_tokens", "Pair tokens scored.", registry=r)
-        self.truncated = Counter(
-            "simsvc_cross_truncated", "Pairs cut to the cross-encoder's max length.", registry=r
-        )
+        self._stage_instruments(r, "simsvc_cross_", "pairs", "cross-encoder")
         self.pairs_scored_total = Counter(
             "simsvc_cross_pairs_scored", "Pairs scored by the cross-encoder.", registry=r
         )
