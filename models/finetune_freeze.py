@@ -22,15 +22,14 @@ import numpy as np
 
 from models.finetune_data import both_orders, read_pair_data
 from models.finetune_eval import DevSets
-from models.finetune_models import load_cross, mark_cross, tokenize
+from models.finetune_models import load_cross, map_pairs, mark_cross
 from models.train_head import fit_calibration, fit_linear_path
-from models.training import autocast, prepare_out, resolve_device, resolve_precision
+from models.training import prepare_out, resolve_device, resolve_precision
 
 if TYPE_CHECKING:
     from models.finetune import FinetuneOptions
 
 FREEZE_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-FEATURE_BATCH = 64
 
 
 def pooled_features(
@@ -43,19 +42,18 @@ def pooled_features(
     precision: str,
 ) -> np.ndarray:
     """The pooled [CLS] vector of each joint pair, from the frozen encoder in eval mode."""
-    import torch
-
     base = getattr(net, net.base_model_prefix)
-    order = sorted(range(len(a)), key=lambda i: len(a[i]) + len(b[i]))
-    out = np.zeros((len(a), int(net.config.hidden_size)), dtype=np.float64)
-    net.eval()
-    with torch.no_grad(), autocast(device, precision):
-        for i in range(0, len(order), FEATURE_BATCH):
-            rows = order[i : i + FEATURE_BATCH]
-            batch = tokenize(tokenizer, [a[r] for r in rows], [b[r] for r in rows], max_length)
-            pooled = base(**{k: v.to(device) for k, v in batch.items()}).pooler_output
-            out[rows] = pooled.float().cpu().numpy()
-    return out
+    return map_pairs(
+        net,
+        tokenizer,
+        a,
+        b,
+        max_length,
+        device,
+        precision,
+        lambda batch: base(**batch).pooler_output,
+        width=int(net.config.hidden_size),
+    )
 
 
 def _require_pooled_classifier(net: Any, model: str) -> None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,34 @@ def encode_texts(
     return l2_normalize(out)
 
 
+def map_pairs(
+    net: Any,
+    tokenizer: Any,
+    a: list[str],
+    b: list[str],
+    max_length: int,
+    device: Any,
+    precision: str,
+    forward: Callable[[dict[str, Any]], Any],
+    width: int | None = None,
+) -> np.ndarray:
+    """`forward` of each jointly tokenized (a, b) pair in eval mode, batched by length, rows
+    in the input order: one value per pair, or `width` values."""
+    import torch
+
+    order = _by_length([x + y for x, y in zip(a, b, strict=True)])
+    out = np.zeros(len(a) if width is None else (len(a), width), dtype=np.float64)
+    was = net.training
+    net.eval()
+    with torch.no_grad(), autocast(device, precision):
+        for i in range(0, len(order), EVAL_BATCH):
+            rows = order[i : i + EVAL_BATCH]
+            batch = tokenize(tokenizer, [a[r] for r in rows], [b[r] for r in rows], max_length)
+            out[rows] = forward({k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
+    net.train(was)
+    return out
+
+
 def score_pairs(
     net: Any,
     tokenizer: Any,
@@ -165,20 +194,9 @@ def score_pairs(
     precision: str,
 ) -> np.ndarray:
     """Cross-encoder logits of (a, b) pairs, in eval mode, batched by length."""
-    import torch
-
-    order = _by_length([x + y for x, y in zip(a, b, strict=True)])
-    out = np.zeros(len(a), dtype=np.float64)
-    was = net.training
-    net.eval()
-    with torch.no_grad(), autocast(device, precision):
-        for i in range(0, len(order), EVAL_BATCH):
-            rows = order[i : i + EVAL_BATCH]
-            batch = tokenize(tokenizer, [a[r] for r in rows], [b[r] for r in rows], max_length)
-            logits = cross_logits(net, {k: v.to(device) for k, v in batch.items()})
-            out[rows] = logits.cpu().numpy()
-    net.train(was)
-    return out
+    return map_pairs(
+        net, tokenizer, a, b, max_length, device, precision, lambda batch: cross_logits(net, batch)
+    )
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
