@@ -78,6 +78,7 @@ class BuildOptions:
     cross_calibration: str = "sigmoid"
     cross_max_length: int | None = None
     cross_parity_max_diff: float = 1e-4
+    cross_symmetric: bool = True
 
 
 def _texts(files: list[Path]) -> Iterator[str]:
@@ -332,6 +333,7 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
                     quantize=opts.quantize,
                     threads=opts.threads,
                     parity_max_diff=opts.cross_parity_max_diff,
+                    symmetric=opts.cross_symmetric,
                 ),
                 work,
                 say,

@@ -33,7 +33,7 @@ from service.runtime.bundle import (
     CrossQuantization,
     SourceInfo,
 )
-from service.runtime.cross import OnnxCrossEncoder, cross_logits, raw_scores
+from service.runtime.cross import OnnxCrossEncoder, cross_logits, pair_raw_scores
 from service.runtime.head import Calibration
 from service.runtime.stats import spearman
 
@@ -51,6 +51,8 @@ class CrossOptions:
     quantize: str | None = None
     threads: int = 0
     parity_max_diff: float = 1e-4
+    symmetric: bool = True
+    """/v1/similarity averages both orders of a pair (calibrated so)."""
 
 
 @dataclass
@@ -146,7 +148,7 @@ def build_cross(
     if calibration_pairs is not None and opts.calibrate_on is not None:
         from models.train_head import fit_calibration
 
-        raw = raw_scores(cross_logits(core, data))
+        raw = pair_raw_scores(core, data, opts.symmetric)
         targets = np.clip(calibration_pairs.targets(), 0.0, 1.0)
         calibration = fit_calibration(opts.calibration, raw, targets, calibration_pairs.binary)
         calib_info = CrossCalibrationInfo(
@@ -159,7 +161,8 @@ def build_cross(
             f"{calibration_pairs.high - calibration_pairs.low:g}",
             spearman=round(100 * spearman(raw, calibration_pairs.scores()), 2),
         )
-        say(f"cross-encoder calibration: {calibration.kind} on {len(data)} pairs")
+        order = "both orders averaged" if opts.symmetric else "as given"
+        say(f"cross-encoder calibration: {calibration.kind} on {len(data)} pairs ({order})")
     else:
         calibration = Calibration("logistic")
         calib_info = CrossCalibrationInfo(kind="logistic")
@@ -184,6 +187,7 @@ def build_cross(
         parity=parity,
         quantization=quantization,
         calibration=calib_info,
+        symmetric=opts.symmetric,
         card=ckpt.card,
     )
     return CrossBuild(info=info, core=core, fp32_core=fp32_core)

@@ -12,7 +12,7 @@ import numpy as np
 
 from models.datasets import PairSet, read_pairs
 from service.runtime.bundle import Bundle, load_bundle, read_manifest, write_manifest
-from service.runtime.cross import CrossCore, OnnxCrossEncoder, cross_logits, raw_scores, sigmoid
+from service.runtime.cross import CrossCore, OnnxCrossEncoder, pair_raw_scores, sigmoid
 from service.runtime.encoder import EncoderCore, OnnxEncoder, encode_texts
 from service.runtime.head import Calibration, make_views
 from service.runtime.stats import anisotropy, l2_normalize, spearman
@@ -66,9 +66,12 @@ def cosine_spearman(
     }
 
 
-def cross_spearman(core: CrossCore, calibration: Calibration, pairs: PairSet) -> dict[str, float]:
-    """Spearman x100 of the cross-encoder's score (its sigmoid) and calibrated probability."""
-    raw = raw_scores(cross_logits(core, [(p.a, p.b) for p in pairs.pairs]))
+def cross_spearman(
+    core: CrossCore, calibration: Calibration, pairs: PairSet, both_orders: bool = False
+) -> dict[str, float]:
+    """Spearman x100 of the cross-encoder's score (its sigmoid) and calibrated probability,
+    each pair read the way /v1/similarity reads it."""
+    raw = pair_raw_scores(core, [(p.a, p.b) for p in pairs.pairs], both_orders)
     gold = pairs.scores()
     return {
         "cross_score": round(100 * spearman(sigmoid(raw), gold), 2),
@@ -106,7 +109,10 @@ def evaluate_pairs(
             )
     cross = cross or bundle_cross_encoder(bundle, threads)
     if cross is not None and bundle.cross_calibration is not None:
-        figures["spearman"].update(cross_spearman(cross, bundle.cross_calibration, pairs))
+        symmetric = bundle.manifest.cross is not None and bundle.manifest.cross.symmetric
+        figures["spearman"].update(
+            cross_spearman(cross, bundle.cross_calibration, pairs, both_orders=symmetric)
+        )
     return figures
 
 

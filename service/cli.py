@@ -110,6 +110,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             cross_model=args.cross_model,
             cross_calibrate_on=args.cross_calibrate_on,
             cross_calibration=args.cross_calibration,
+            cross_symmetric=args.cross_symmetric,
             cross_max_length=args.cross_max_length,
         ),
         say=lambda m: print(m, file=sys.stderr),
@@ -260,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cross-calibration", choices=["sigmoid", "isotonic"], default="sigmoid")
     p.add_argument("--cross-max-length", type=int, help="default: the card's, else 512")
+    p.add_argument(
+        "--cross-symmetric",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="/v1/similarity reads each pair in both orders and averages the logits "
+        "(symmetric scores, twice the work); /rerank and /predict keep the given order",
+    )
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an existing bundle")
     p.set_defaults(func=cmd_build)

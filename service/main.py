@@ -122,6 +122,7 @@ def make_cross(
     model_name: str,
     calibration: Calibration | None = None,
     labels: list[str] | None = None,
+    symmetric: bool = False,
 ) -> CrossScorer:
     """Wire a cross-encoder core into its own batcher (a second queue) and a scorer."""
     batcher = _batcher(
@@ -141,6 +142,7 @@ def make_cross(
         labels=labels or [],
         threshold=0.5 if settings.similar_threshold is None else settings.similar_threshold,
         observer=metrics.cross,
+        symmetric=symmetric,
     )
 
 
@@ -170,6 +172,7 @@ def cross_from_bundle(settings: Settings, metrics: Metrics, bundle: Bundle) -> C
         model_name=info.source.model,
         calibration=bundle.cross_calibration,
         labels=info.labels,
+        symmetric=info.symmetric,
     )
 
 

@@ -143,6 +143,10 @@ class CrossInfo(BaseModel):
     parity: CrossParity
     quantization: CrossQuantization | None = None
     calibration: CrossCalibrationInfo
+    symmetric: bool = False
+    """/v1/similarity reads each pair as (a, b) and (b, a) and averages the logits; the
+    calibration and the build's figures were measured so. /rerank and /predict keep the
+    order given (a query and a passage are not interchangeable)."""
     card: dict[str, Any] | None = None
     """The fine-tuned checkpoint's card.json (objective, data, dev figures), when it has one."""
 

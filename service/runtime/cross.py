@@ -94,6 +94,19 @@ def cross_logits(
     return out
 
 
+def swapped(pairs: Sequence[PairInput]) -> list[PairInput]:
+    """(b, a) for each pair; a single text (b None) stays as it is."""
+    return [(a, b) if b is None else (b, a) for a, b in pairs]
+
+
+def pair_raw_scores(core: CrossCore, pairs: Sequence[PairInput], both_orders: bool) -> Float64Array:
+    """Raw scores of pairs offline, averaged over both orders when the bundle serves them so."""
+    logits = cross_logits(core, pairs)
+    if both_orders:
+        logits = ((logits + cross_logits(core, swapped(pairs))) / 2).astype(np.float32)
+    return raw_scores(logits)
+
+
 class OnnxCrossEncoder:
     """An exported `AutoModelForSequenceClassification` run by ONNX Runtime on the CPU.
 
@@ -222,8 +235,11 @@ class CrossScorer:
         threshold: float = 0.5,
         observer: CrossObserver | None = None,
         inline_tokenize_chars: int = 2000,
+        symmetric: bool = False,
     ) -> None:
         self.core = core
+        self.symmetric = symmetric
+        """Pair similarity reads both orders (the bundle's calibration was fitted so)."""
         self.batcher = batcher
         self.model_name = model_name
         self.calibration = calibration or Calibration("logistic")
@@ -241,9 +257,20 @@ class CrossScorer:
         self.batcher.stop()
 
     async def score(
-        self, pairs: Sequence[PairInput], *, truncate: bool = True, direction: Direction = "right"
+        self,
+        pairs: Sequence[PairInput],
+        *,
+        truncate: bool = True,
+        direction: Direction = "right",
+        both_orders: bool = False,
     ) -> CrossScores:
-        """Score pairs through the batcher; with `truncate=False` a too-long pair is an error."""
+        """Score pairs through the batcher; with `truncate=False` a too-long pair is an error.
+
+        `both_orders` reads every pair as (a, b) and as (b, a) and averages the logits, so a
+        similarity is symmetric (a cross-encoder alone is not) and a little better on STS."""
+        n = len(pairs)
+        if both_orders:
+            pairs = [*pairs, *swapped(pairs)]
         started = time.perf_counter()
         chars = sum(len(a) + len(b or "") for a, b in pairs)
         if chars <= self._inline_chars:
@@ -255,13 +282,15 @@ class CrossScorer:
         count = sum(len(t) for t in tokens)
         self._observer.tokenized(len(tokens), count, truncated, tokenize_seconds)
         if truncated and not truncate:
-            first = next(i for i, t in enumerate(tokens) if t.truncated)
+            first = next(i for i, t in enumerate(tokens) if t.truncated) % n
             raise TextTooLongError(
                 f"pair {first} is longer than the cross-encoder's {self.core.max_length} tokens "
                 "and truncate is false"
             )
         result = await self.batcher.submit(tokens)
         logits = result.vectors[LOGITS]
+        if both_orders:
+            logits = ((logits[:n] + logits[n:]) / 2).astype(np.float32)
         raw = raw_scores(logits)
         probabilities = np.clip(self.calibration(raw), 0.0, 1.0)
         similar = probabilities >= self.threshold

@@ -322,11 +322,13 @@ class Engine:
         truncate: bool = True,
         direction: Direction = "right",
         limit: int | None = None,
+        similarity: bool = False,
     ) -> CrossScores:
         """Cross-encoder scores of pairs (b may be None: a single text), within the limits.
 
         The request's own limits come first: a bad request is a bad request whatever the
-        bundle holds."""
+        bundle holds. `similarity` marks symmetric pair scoring (/v1/similarity): a bundle
+        built with a symmetric cross-encoder then reads each pair in both orders."""
         limit = limit or self.limits.max_pairs
         if not pairs:
             raise ValidationError("no pairs given")
@@ -339,7 +341,12 @@ class Engine:
                 "this bundle has no cross-encoder: use mode 'bi', or build the bundle with "
                 "`simsvc build ... --cross-model CHECKPOINT`"
             )
-        return await self.cross.score(pairs, truncate=truncate, direction=direction)
+        return await self.cross.score(
+            pairs,
+            truncate=truncate,
+            direction=direction,
+            both_orders=similarity and self.cross.symmetric,
+        )
 
     async def warmup(self) -> None:
         """Run one small batch so the first request does not pay for lazy initialisation."""

@@ -133,7 +133,12 @@ def test_service_scores_through_the_real_cross_encoder(
 ) -> None:
     bundle = load_bundle(tiny_cross_bundle)
     assert bundle.cross_calibration is not None
-    raw = raw_scores(cross_logits(_core(tiny_cross_bundle), PAIRS))
+    assert bundle.manifest.cross is not None and bundle.manifest.cross.symmetric  # the default
+    core = _core(tiny_cross_bundle)
+    given = raw_scores(cross_logits(core, PAIRS))
+    reverse = raw_scores(cross_logits(core, [(b, a) for a, b in PAIRS]))
+    assert np.abs(given - reverse).max() > 1e-3  # the model alone is not symmetric
+    raw = (given + reverse) / 2
     client = make_client(Settings(bundle=tiny_cross_bundle, threads=1))
     body = {"pairs": [{"a": a, "b": b} for a, b in PAIRS], "mode": "cross"}
     res = client.post("/v1/similarity", json=body)
@@ -142,6 +147,9 @@ def test_service_scores_through_the_real_cross_encoder(
     assert np.allclose([r["score"] for r in results], sigmoid(raw), atol=1e-5)
     calibrated = bundle.cross_calibration(raw)
     assert np.allclose([r["probability"] for r in results], calibrated, atol=1e-5)
+    body["pairs"] = [{"a": b, "b": a} for a, b in PAIRS]
+    swapped = client.post("/v1/similarity", json=body).json()["results"]
+    assert np.allclose([r["score"] for r in swapped], [r["score"] for r in results], atol=1e-6)
 
     query, texts = PAIRS[0][0], [b for _, b in PAIRS]
     ranks = client.post("/rerank", json={"query": query, "texts": texts, "raw_scores": True})
@@ -178,11 +186,12 @@ def test_two_label_int8_cross_encoder_serves_softmax_and_records_agreement(
             threads=1,
             cross_model=str(ckpt),
             cross_max_length=40,
+            cross_symmetric=False,
         ),
         say=lambda _m: None,
     )
     cross = manifest.cross
-    assert cross is not None and cross.card is None
+    assert cross is not None and cross.card is None and not cross.symmetric
     assert cross.num_labels == 2 and cross.labels == ["dissimilar", "similar"]
     assert cross.score == "logit_difference" and cross.calibration.kind == "logistic"
     assert cross.parity.max_abs_diff <= 1e-4  # the fp32 graph, before quantization
@@ -212,6 +221,7 @@ def test_two_label_int8_cross_encoder_serves_softmax_and_records_agreement(
     ).json()["results"][0]
     assert sim["score"] == pytest.approx(similar, abs=1e-5)
     assert sim["probability"] == pytest.approx(similar, abs=1e-5)  # uncalibrated: its own
+    # --no-cross-symmetric: /v1/similarity reads the pair in the order given, like /predict
 
 
 def test_a_checkpoint_with_three_labels_is_refused(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ async def score_pairs(body: SimilarityRequest, engine: EngineDep) -> ORJSONRespo
     """Score text pairs: bi (whitened cosine + pair head) or cross (the cross-encoder)."""
     pairs = [(p.a, p.b) for p in body.pairs]
     if body.mode == "cross":
-        cross = await engine.cross_similarity(pairs, truncate=body.truncate)
+        cross = await engine.cross_similarity(pairs, truncate=body.truncate, similarity=True)
         assert engine.cross is not None  # cross_similarity refused otherwise
         rows = [
             {"score": float(s), "probability": float(p), "similar": bool(q)}
