@@ -119,14 +119,16 @@ class SimilarityRequest(_Strict):
     mode: Literal["bi", "cross"] = Field(
         default="bi",
         description="bi: two vectors and the pair head; cross: the bundle's cross-encoder "
-        "reads both texts at once (424 no_cross_encoder without one)",
+        "reads both texts at once, and in both orders with the logits averaged when the "
+        "bundle is symmetric (GET /info: cross_encoder.symmetric), so score(a, b) = "
+        "score(b, a) (424 no_cross_encoder without one)",
     )
 
 
 class PairResult(BaseModel):
     score: float = Field(
         description="bi: cosine of the whitened vectors; cross: the cross-encoder's own "
-        "probability, sigmoid of its logit"
+        "probability, sigmoid of its logit (of the mean logit of both orders when symmetric)"
     )
     probability: float | None = Field(
         description="bi: the pair head's probability (null without a head); cross: the "

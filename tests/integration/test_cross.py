@@ -163,6 +163,7 @@ def test_service_scores_through_the_real_cross_encoder(
     info = client.get("/info").json()["cross_encoder"]
     assert info["parity"]["max_abs_diff"] <= 1e-4 and info["card"] == CROSS_CARD
     assert info["calibration"]["kind"] == "sigmoid"
+    assert info["symmetric"] is True
 
 
 def test_two_label_int8_cross_encoder_serves_softmax_and_records_agreement(
