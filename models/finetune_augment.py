@@ -6,7 +6,8 @@ a bi-encoder trained on the gold pairs plus those silver ones learns some of wha
 cross-encoder knows. The new pairs are sampled the paper's way ("semantic search"
 sampling): each sentence of the gold train file is paired with its `--top-k` nearest
 other sentences of the same file under a bi-encoder, pairs already in the gold file are
-left out, and the cross-encoder's probability x 5 becomes the pair's score. The output is
+left out, and the cross-encoder's probability x 5 becomes the pair's score (its logits of
+(a, b) and (b, a) averaged by default, as `/v1/similarity` reads a pair). The output is
 an STS TSV (score, sentence1, sentence2) that `simsvc finetune --pairs` takes beside the
 gold file. Only train sentences are used: no dev or test text enters training.
 """
@@ -53,6 +54,7 @@ def label_pairs(
     max_length: int = 128,
     device: str = "auto",
     threads: int = 0,
+    both_orders: bool = True,
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Write the silver STS TSV; returns counts."""
@@ -85,6 +87,8 @@ def label_pairs(
     a = [c[0] for c in candidates]
     b = [c[1] for c in candidates]
     logits = score_pairs(cross, cross_tok, a, b, max_length, where, "fp32")
+    if both_orders:
+        logits = (logits + score_pairs(cross, cross_tok, b, a, max_length, where, "fp32")) / 2
     scores = SCALE / (1.0 + np.exp(-logits))
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = ["score\tsentence1\tsentence2"]
@@ -94,5 +98,6 @@ def label_pairs(
         "sentences": len(sentences),
         "pairs": len(candidates),
         "mean_score": round(float(scores.mean()), 3),
+        "both_orders": both_orders,
         "out": str(out),
     }

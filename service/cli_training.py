@@ -116,6 +116,7 @@ def cmd_label_pairs(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         device=args.device,
         threads=args.threads,
+        both_orders=args.both_orders,
         say=_say,
     )
     print(json.dumps(report, indent=1))
@@ -284,6 +285,12 @@ def register(sub: Any) -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--both-orders",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="average the logits of (a, b) and (b, a), as /v1/similarity does",
+    )
     p.set_defaults(func=cmd_label_pairs)
 
     p = sub.add_parser(

@@ -378,7 +378,11 @@ def test_cli_split_pairs_and_bad_input(
 
 
 def test_label_pairs_scores_new_neighbour_pairs_with_the_cross_encoder(
-    tiny_checkpoint: Path, data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_checkpoint: Path,
+    tiny_cross_checkpoint: Path,
+    data: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from models.finetune_augment import neighbour_pairs
     from models.finetune_data import read_pair_data
@@ -388,8 +392,8 @@ def test_label_pairs_scores_new_neighbour_pairs_with_the_cross_encoder(
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     assert neighbour_pairs(vectors, 1) == [(0, 1), (2, 3)]
 
-    cross = tmp_path / "cross"
-    finetune(options(tiny_checkpoint, [data["sts_train"]], cross, objective="cross", epochs=1))
+    # A random-weight tiny cross-encoder: its logits spread, and it is far from symmetric.
+    cross = tiny_cross_checkpoint
     silver = tmp_path / "silver.tsv"
     args = ["label-pairs", "--cross-model", str(cross), "--bi-model", str(tiny_checkpoint)]
     args += ["--pairs", str(data["sts_train"]), "--out", str(silver), "--top-k", "2"]
@@ -403,12 +407,31 @@ def test_label_pairs_scores_new_neighbour_pairs_with_the_cross_encoder(
     new = set(zip(labelled.a, labelled.b, strict=True))
     assert not new & gold_pairs and not {(b, a) for a, b in new} & gold_pairs
     assert set(labelled.a) | set(labelled.b) <= set(gold.a) | set(gold.b)  # train text only
-    # The scores are the saved cross-encoder's probabilities x 5.
+    # The scores are the saved cross-encoder's probabilities x 5, its logits of (a, b) and
+    # (b, a) averaged by default; --no-both-orders reads the sampled order only.
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     net = AutoModelForSequenceClassification.from_pretrained(str(cross)).eval()
     tok = AutoTokenizer.from_pretrained(str(cross))
-    with torch.no_grad():
-        logit = float(net(**tok(labelled.a[0], labelled.b[0], return_tensors="pt")).logits[0, 0])
-    assert labelled.gold[0] == pytest.approx(5 / (1 + np.exp(-logit)), abs=1e-3)
+
+    def logits(x: list[str], y: list[str]) -> np.ndarray:
+        with torch.no_grad():
+            batch = tok(x, y, padding=True, return_tensors="pt")
+            out: np.ndarray = net(**batch).logits[:, 0].numpy()
+            return out
+
+    ab, ba = logits(labelled.a, labelled.b), logits(labelled.b, labelled.a)
+    # The model alone is not symmetric, so the file can tell the two readings apart.
+    assert np.abs(ab - ba).max() > 1e-3
+    assert report["both_orders"] is True
+    both = 5 / (1 + np.exp(-(ab + ba) / 2))
+    np.testing.assert_allclose(labelled.gold, both, atol=2e-4)
+    one = tmp_path / "silver-one-order.tsv"
+    args[args.index(str(silver))] = str(one)
+    assert main([*args, "--max-length", "48", "--threads", "1", "--no-both-orders"]) == 0
+    assert json.loads(capsys.readouterr().out)["both_orders"] is False
+    single = read_pair_data([one])
+    assert (single.a, single.b) == (labelled.a, labelled.b)
+    np.testing.assert_allclose(single.gold, 5 / (1 + np.exp(-ab)), atol=2e-4)
+    assert np.abs(single.gold - labelled.gold).max() > 5e-4
