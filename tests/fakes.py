@@ -28,6 +28,10 @@ class FakeEncoder:
         self.fail: Exception | None = None
         self.batches: list[int] = []
         self._lock = threading.Lock()
+        # A test can hold batches at the encoder (set `gate` to an unset Event) and learn
+        # when one arrived (`entered`), to see the queue fill without relying on timing.
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -65,6 +69,9 @@ class FakeEncoder:
     def infer(self, batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
         with self._lock:
             self.batches.append(len(batch))
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(timeout=60)
         if self.delay:
             time.sleep(self.delay)
         if self.fail is not None:

@@ -98,32 +98,31 @@ def test_metrics_count_what_the_traffic_did(client: TestClient) -> None:
 def test_queue_depth_rises_under_concurrent_load(
     make_client: Callable[..., TestClient], settings: Settings
 ) -> None:
-    slow = FakeEncoder(dims=DIMS, delay=0.15)
-    client = make_client(settings, engine_factory=fake_factory(slow))
-    peak = 0.0
-    stop = threading.Event()
+    held = FakeEncoder(dims=DIMS)
+    client = make_client(settings, engine_factory=fake_factory(held))
+    # The encoder holds the first request's batch until the test has seen the seven others
+    # queue behind it: the figure does not hang on thread timing on a loaded machine.
+    held.gate, held.batches = threading.Event(), []
+    held.entered.clear()
 
-    def watch() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, value(scrape(client), "simsvc_queue_depth"))
-            time.sleep(0.01)
+    def post(i: int) -> None:
+        client.post("/embed", json={"inputs": [f"t {i} {j}" for j in range(4)]})
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    workers = [
-        threading.Thread(target=lambda i=i: client.post("/embed", json={"inputs": [f"t {i}"] * 4}))
-        for i in range(8)
-    ]
-    for w in workers:
+    workers = [threading.Thread(target=post, args=(i,)) for i in range(8)]
+    workers[0].start()
+    assert held.entered.wait(timeout=30)
+    for w in workers[1:]:
         w.start()
+    peak, deadline = 0.0, time.monotonic() + 30
+    while peak < 32 and time.monotonic() < deadline:
+        peak = max(peak, value(scrape(client), "simsvc_queue_depth"))
+        time.sleep(0.01)
+    held.gate.set()
     for w in workers:
         w.join()
-    stop.set()
-    watcher.join()
-    assert peak >= 4, peak
+    assert peak == 32, peak  # 8 requests x 4 texts: the held batch counts until it has run
     assert value(scrape(client), "simsvc_queue_depth") == 0
-    assert max(slow.batches) > 1  # concurrent requests shared batches
+    assert held.batches[0] == 4 and max(held.batches[1:]) > 4  # the queued ones shared batches
 
 
 def test_metrics_can_move_to_their_own_port(
