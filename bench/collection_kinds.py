@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.client import read_beir_qrels, read_beir_queries
+from models.beir import read_beir_qrels, read_beir_queries
 from service.main import make_collections
 from service.metrics import Metrics
 from service.runtime.bundle import load_bundle

@@ -26,15 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import OUT, bundle, machine, save_json, shared_dir, table
 from bench.loadgen import Server
-from service.client import (
-    ServiceClient,
-    evaluate_retrieval,
-    index_file,
-    judged_queries,
-    read_beir_qrels,
-    read_beir_queries,
-)
-from service.tuning import default_grid, read_lists, tune
+from models.beir import read_beir_qrels, read_beir_queries
+from service.cli.client import ServiceClient, evaluate_retrieval, index_file, judged_queries
+from service.cli.tuning import default_grid, read_lists, tune
 
 PORT = 8742
 

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, save_json, shared_dir, table
-from service.client import read_beir_qrels, read_beir_queries, to_document
+from models.beir import read_beir_qrels, read_beir_queries, to_document
 from service.runtime.lexical import terms
 from service.runtime.stats import ndcg_at_k, recall_at_k
 

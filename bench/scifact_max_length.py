@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 from tokenizers import Tokenizer
 
-from service.client import read_beir_qrels, read_beir_queries, to_document
+from models.beir import read_beir_qrels, read_beir_queries, to_document
 from service.runtime.bundle import load_bundle
 from service.runtime.encoder import OnnxEncoder, encode_texts
 from service.runtime.stats import l2_normalize, ndcg_at_k

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import bundle, machine, median, save_json, shared_dir, table
 from bench.loadgen import Server
-from service.client import ServiceClient, evaluate_retrieval, read_beir_qrels, read_beir_queries
+from models.beir import read_beir_qrels, read_beir_queries
+from service.cli.client import ServiceClient, evaluate_retrieval
 
 
 def _index_http(url: str, corpus: Path, name: str) -> float:

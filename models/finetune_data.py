@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from models.beir import read_beir_qrels, read_beir_queries, to_document
 from models.datasets import open_text, read_pairs, sniff_format
-from service.client import read_beir_qrels, read_beir_queries, to_document
 
 KINDS = ("graded", "binary", "positive")
 

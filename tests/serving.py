@@ -14,7 +14,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from service.cli import server_options
+from service.cli.main import server_options
 
 
 @dataclass

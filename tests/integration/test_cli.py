@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.cli import main
-from service.defaults import ensure_default_bundle
+from service.cli.default_bundle import ensure_default_bundle
+from service.cli.main import main
 from service.runtime.bundle import load_bundle, read_manifest
 from service.settings import Settings
 
@@ -99,7 +99,7 @@ def test_default_bundle_is_built_once_then_cached(
 
 
 def test_default_model_prefers_env_then_shared_minilm_then_reference(tmp_path: Path) -> None:
-    from service.defaults import HUB_FALLBACK, default_model
+    from service.cli.default_bundle import HUB_FALLBACK, default_model
 
     assert default_model(Settings(model="org/some-bert", shared=tmp_path)) == "org/some-bert"
     assert default_model(Settings(shared=tmp_path)) == HUB_FALLBACK

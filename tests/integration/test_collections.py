@@ -16,7 +16,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.cli import main
+from service.cli.main import main
 from service.runtime.lexical import terms as lexical_terms
 from service.settings import Settings
 from tests.builders import sentences

@@ -279,7 +279,7 @@ def test_runtime_with_a_cross_encoder_imports_neither_torch_nor_transformers(
         from fastapi.testclient import TestClient
         from service.main import create_app
         from service.settings import Settings
-        import service.cli, models.evaluate
+        import service.cli.main, models.evaluate
         with TestClient(create_app(Settings(bundle={str(tiny_cross_bundle)!r}, threads=1))) as c:
             for _ in range(500):
                 if c.get("/ready").status_code == 200:
@@ -305,7 +305,7 @@ def test_evaluate_through_a_running_service_equals_the_bundle_s_figures(
     figures the build measured in process; a TEI client reads /predict."""
     from huggingface_hub import InferenceClient
 
-    from service.cli import main
+    from service.cli.main import main
     from tests.servers import Server
 
     offline = load_bundle(tiny_cross_bundle).manifest.evaluation["dev.tsv"]["spearman"]

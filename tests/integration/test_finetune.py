@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import load_file
 
 from models.finetune import FinetuneOptions, finetune
-from service.cli import main
+from service.cli.main import main
 from tests.builders import WORDS, sentences
 from tests.unit.test_finetune_data import write_beir
 

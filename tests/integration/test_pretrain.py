@@ -11,7 +11,7 @@ import pytest
 from safetensors.torch import load_file
 
 from models.pretrain import PretrainOptions, evaluate_mlm, pretrain
-from service.cli import main
+from service.cli.main import main
 from service.runtime.bundle import load_bundle
 
 

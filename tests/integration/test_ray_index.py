@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.cli import main
+from service.cli.main import main
 from tests.builders import sentences
 from tests.servers import Server
 

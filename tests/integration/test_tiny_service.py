@@ -45,7 +45,7 @@ def test_runtime_imports_neither_torch_nor_transformers(tiny_bundle: Path) -> No
         from fastapi.testclient import TestClient
         from service.main import create_app
         from service.settings import Settings
-        import service.cli, models.evaluate
+        import service.cli.main, models.evaluate
         with TestClient(create_app(Settings(bundle={str(tiny_bundle)!r}, threads=1))) as c:
             for _ in range(500):
                 if c.get("/ready").status_code == 200:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from service.cli.tuning import Setting, default_grid, score, tune
 from service.runtime.fusion import FusionParams, fuse
 from service.runtime.store.base import Document, Hit
-from service.tuning import Setting, default_grid, score, tune
 
 
 def _hits(*pairs: tuple[str, float]) -> list[Hit]:

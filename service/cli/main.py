@@ -1,7 +1,8 @@
-"""The `simsvc` command: serve, build and evaluate here; the offline training commands
-register from `service.cli_training`, the collection clients from `service.cli_collections`.
+"""The `simsvc` command: its parser, and the serve, build and evaluate commands. The
+collection clients register from `service.cli.collections`, the offline training commands
+from `service.cli.training`; what they share lives in `service.cli.common`.
 
-Only this module and `service.main` construct `Settings`. Offline subcommands import the
+Only the CLI and `service.main` construct `Settings`. Offline subcommands import the
 build extra lazily, with an actionable message when it is missing.
 """
 
@@ -10,28 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from service.cli.common import make_client, settings_from_args, setup_logging
 from service.settings import Settings
-
-if TYPE_CHECKING:
-    from service.client import ServiceClient
-
-
-def settings_from_args(args: argparse.Namespace, **fields: Any) -> Settings:
-    """Settings from the environment, overridden by the options given on the command line."""
-    overrides = {k: v for k, v in fields.items() if v is not None}
-    return Settings(**overrides)
-
-
-def setup_logging(level: str = "info", json_lines: bool = False) -> None:
-    from service.logs import configure_logging
-
-    configure_logging(level, json_lines)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -51,7 +37,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.defaults import ensure_default_bundle
+    from service.cli.default_bundle import ensure_default_bundle
     from service.main import create_app
 
     settings = settings_from_args(
@@ -135,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _evaluate_service(args: argparse.Namespace) -> int:
     """Score labelled pairs through a running service's /v1/similarity (mode bi or cross)."""
     from models.datasets import read_pairs
-    from service.client import ClientError, evaluate_similarity
+    from service.cli.client import ClientError, evaluate_similarity
 
     results: dict[str, Any] = {}
     try:
@@ -164,23 +150,6 @@ def _evaluate_service(args: argparse.Namespace) -> int:
                 f"{'-' if prob is None else f'{prob:.2f}':>13}{r['pairs_per_second']:>9.1f}"
             )
     return 0
-
-
-def make_client(args: argparse.Namespace) -> ServiceClient:
-    from service.client import ServiceClient
-
-    return ServiceClient(
-        args.url, api_key=os.environ.get("SIMSVC_API_KEY") or None, timeout=args.timeout
-    )
-
-
-def add_client_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--url",
-        default=os.environ.get("SIMSVC_URL", "http://127.0.0.1:8000"),
-        help="the service (SIMSVC_URL); sends SIMSVC_API_KEY as a bearer key when set",
-    )
-    p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,10 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight (with --url)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     p.set_defaults(func=cmd_evaluate)
-    from service import cli_collections, cli_training
+    from service.cli import collections, training
 
-    cli_training.register(sub)
-    cli_collections.register(sub)
+    collections.register(sub)
+    training.register(sub)
     return parser
 
 

@@ -27,7 +27,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from service.client import to_document
+from models.beir import to_document
 from service.runtime.bundle import MODEL_FILE, TOKENIZER_FILE, load_bundle
 from service.runtime.collections import CollectionLimits, IndexDefaults, check_documents
 from service.runtime.index import IndexSpec

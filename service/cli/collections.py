@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.cli import add_client_options, make_client, settings_from_args, setup_logging
+from service.cli.common import add_client_options, make_client, settings_from_args, setup_logging
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         print("simsvc index: the http engine takes one file at a time", file=sys.stderr)
         return 2
     args.file = args.file[0]
-    from service.client import ClientError, index_file
+    from service.cli.client import ClientError, index_file
 
     try:
         with make_client(args) as client:
@@ -45,7 +45,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def _index_with_ray(args: argparse.Namespace) -> int:
     """Straight into the PostgreSQL store, encoding in Ray actors (no server involved)."""
-    from service.defaults import ensure_default_bundle
+    from service.cli.default_bundle import ensure_default_bundle
     from service.main import collection_limits, index_defaults, postgres_options
 
     settings = settings_from_args(args, bundle=args.bundle, store=args.store)
@@ -59,7 +59,7 @@ def _index_with_ray(args: argparse.Namespace) -> int:
         return 2
     setup_logging(settings.log_level, settings.log_json)
     try:
-        from service.ray_index import RayIndexOptions, index_with_ray
+        from service.cli.ray_index import RayIndexOptions, index_with_ray
 
         bundle = settings.bundle or ensure_default_bundle(settings)
         report = index_with_ray(
@@ -93,7 +93,7 @@ def _index_with_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from service.client import ClientError, search
+    from service.cli.client import ClientError, search
 
     where: dict[str, Any] = {}
     for item in args.filter:
@@ -137,7 +137,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_retrieval(args: argparse.Namespace) -> int:
-    from service.client import ClientError, evaluate_retrieval, read_beir_qrels, read_beir_queries
+    from models.beir import read_beir_qrels, read_beir_queries
+    from service.cli.client import ClientError, evaluate_retrieval
 
     modes = [m for part in args.mode for m in part.split(",") if m] or [None]
     runs: list[dict[str, Any]] = []
@@ -172,8 +173,9 @@ def cmd_evaluate_retrieval(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_search(args: argparse.Namespace) -> int:
-    from service.client import ClientError, judged_queries, read_beir_qrels, read_beir_queries
-    from service.tuning import default_grid, read_lists, tune
+    from models.beir import read_beir_qrels, read_beir_queries
+    from service.cli.client import ClientError, judged_queries
+    from service.cli.tuning import default_grid, read_lists, tune
 
     try:
         queries, qrels = read_beir_queries(args.queries), read_beir_qrels(args.qrels)

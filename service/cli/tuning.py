@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from service.client import ServiceClient, search
+from service.cli.client import ServiceClient, search
 from service.runtime.fusion import FusionParams, fuse
 from service.runtime.stats import ndcg_at_k
 from service.runtime.store.base import Document, Hit

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.cli import setup_logging
+from service.cli.common import setup_logging
 
 Handler = Callable[[argparse.Namespace], int]
 
