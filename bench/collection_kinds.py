@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from models.beir import read_beir_qrels, read_beir_queries
-from service.main import make_collections
 from service.metrics import Metrics
+from service.options import make_collections
+from service.runtime.assembly import EngineOptions, encoder_from_bundle
 from service.runtime.bundle import load_bundle
-from service.runtime.encoder import OnnxEncoder, encode_texts
+from service.runtime.encoder import encode_texts
 from service.runtime.index import INDEX_KINDS, IndexSpec, set_threads
 from service.runtime.stats import ndcg_at_k
 from service.runtime.store.local import LocalStore
@@ -63,9 +64,7 @@ def main() -> int:
     qids = sorted(q for q in queries if not qrels or q in qrels)
     bundle = load_bundle(args.bundle)
     m = bundle.manifest
-    encoder = OnnxEncoder(
-        bundle.model_path, bundle.tokenizer_path, m.max_length, m.pad_id, args.threads
-    )
+    encoder = encoder_from_bundle(bundle, EngineOptions(threads=args.threads, onnx_spin=True))
     raw = encode_texts(encoder, [queries[q] for q in qids])[m.pooling]
     vectors = current.embed(raw)
 

@@ -111,29 +111,20 @@ def bundle(
     threads: int = 0,
 ) -> Path:
     """A speed-only bundle (no whitening or head), built once into bench/out/bundles."""
-    from models.build import BuildOptions, build_bundle
-    from service.runtime.bundle import load_bundle
+    from models.build import BuildOptions
+    from service.cli.default_bundle import cached_bundle
 
-    out = OUT / "bundles" / name
-    if (out / "manifest.json").is_file():
-        try:
-            load_bundle(out)
-            return out
-        except Exception:  # noqa: BLE001 - rebuild anything unusable
-            pass
-    build_bundle(
+    return cached_bundle(
         BuildOptions(
             model=model,
-            out=out,
+            out=OUT / "bundles" / name,
             pooling=pooling,
             max_length=max_length,
             quantize=quantize,
             threads=threads,
-            force=True,
         ),
         say=lambda m: print(f"  [{name}] {m}", flush=True),
     )
-    return out
 
 
 def random_checkpoint(name: str, config_dir: Path, seed: int = 0) -> Path:

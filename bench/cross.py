@@ -33,8 +33,9 @@ from bench.common import OUT, machine, median, save_json, shared_dir, table, tim
 from bench.encoder import passages
 from bench.loadgen import Server, percentile
 from models.datasets import read_pairs
+from service.runtime.assembly import EngineOptions, cross_encoder_from_bundle
 from service.runtime.bundle import load_bundle
-from service.runtime.cross import OnnxCrossEncoder, cross_logits, raw_scores
+from service.runtime.cross import cross_logits, raw_scores
 
 Score = Callable[[list[tuple[str, str]]], np.ndarray]
 MAX_LENGTH = 512
@@ -59,34 +60,29 @@ def cross_checkpoint(base: Path) -> Path:
 
 def cross_bundle(name: str, base: Path, checkpoint: Path, quantize: str | None) -> Path:
     """A speed-only bundle: the base bi-encoder and the cross-encoder, nothing fitted."""
-    from models.build import BuildOptions, build_bundle
+    from models.build import BuildOptions
+    from service.cli.default_bundle import cached_bundle
 
-    out = OUT / "bundles" / name
-    if (out / "manifest.json").is_file():
-        return out
-    manifest = build_bundle(
+    out = cached_bundle(
         BuildOptions(
             model=str(base),
-            out=out,
+            out=OUT / "bundles" / name,
             quantize=quantize,
             cross_model=str(checkpoint),
             cross_max_length=MAX_LENGTH,
-            force=True,
         ),
         say=lambda m: print(f"  [{name}] {m}", flush=True),
     )
-    assert manifest.cross is not None
-    print(f"  [{name}] parity {manifest.cross.parity.max_abs_diff:.2e}", flush=True)
+    cross = load_bundle(out).manifest.cross
+    assert cross is not None
+    print(f"  [{name}] parity {cross.parity.max_abs_diff:.2e}", flush=True)
     return out
 
 
 def ours(bundle_dir: Path, threads: int, batch: int) -> Score:
     b = load_bundle(bundle_dir)
-    c = b.manifest.cross
-    assert c is not None
-    core = OnnxCrossEncoder(
-        b.cross_model_path, b.cross_tokenizer_path, c.max_length, c.pad_id, threads
-    )
+    core = cross_encoder_from_bundle(b, EngineOptions(threads=threads, onnx_spin=True))
+    assert core is not None
 
     def run(pairs: list[tuple[str, str]]) -> np.ndarray:
         return raw_scores(cross_logits(core, pairs, max_tokens=1 << 30, max_size=batch))

@@ -35,6 +35,7 @@ from bench.common import (
     timed,
 )
 from models.datasets import read_pairs
+from service.runtime.assembly import EngineOptions, encoder_from_bundle
 from service.runtime.bundle import load_bundle
 from service.runtime.encoder import OnnxEncoder, encode_texts
 
@@ -63,9 +64,7 @@ def passages(corpus: Path, n: int, min_chars: int) -> list[str]:
 
 def ours(bundle_dir: Path, threads: int, batch: int) -> tuple[Encode, OnnxEncoder]:
     b = load_bundle(bundle_dir)
-    core = OnnxEncoder(
-        b.model_path, b.tokenizer_path, b.manifest.max_length, b.manifest.pad_id, threads
-    )
+    core = encoder_from_bundle(b, EngineOptions(threads=threads, onnx_spin=True))
 
     def run(texts: list[str]) -> np.ndarray:
         return encode_texts(core, texts, max_tokens=1 << 30, max_size=batch)["mean"]

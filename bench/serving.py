@@ -21,29 +21,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import OUT, bar_plot, machine, median, save_json, shared_dir, table, timed
 from bench.loadgen import Server, load, percentile
 from models.datasets import read_pairs
+from service.runtime.assembly import EngineOptions, encoder_from_bundle
 from service.runtime.bundle import load_bundle
-from service.runtime.encoder import OnnxEncoder, encode_texts
+from service.runtime.encoder import encode_texts
 
 
 def reference_bundle() -> Path:
-    from models.build import BuildOptions, build_bundle
+    from models.build import BuildOptions
+    from service.cli.default_bundle import cached_bundle
 
-    out = OUT / "bundles" / "ref-en-default"
-    if not (out / "manifest.json").is_file():
-        shared = shared_dir()
-        train = shared / "data/stsb-en/train.tsv"
-        build_bundle(
-            BuildOptions(
-                model=str(shared / "models/refbert-en-L6-H384"),
-                out=out,
-                pooling="first_last_avg",
-                whiten_on=[train],
-                head_pairs=train,
-                force=True,
-            ),
-            say=print,
-        )
-    return out
+    shared = shared_dir()
+    train = shared / "data/stsb-en/train.tsv"
+    return cached_bundle(
+        BuildOptions(
+            model=str(shared / "models/refbert-en-L6-H384"),
+            out=OUT / "bundles" / "ref-en-default",
+            pooling="first_last_avg",
+            whiten_on=[train],
+            head_pairs=train,
+        ),
+        say=print,
+    )
 
 
 def main() -> None:
@@ -71,14 +69,8 @@ def main() -> None:
     texts = [p.a for p in pairs][: args.texts]
 
     b = load_bundle(bundle_dir)
-    core = OnnxEncoder(
-        b.model_path,
-        b.tokenizer_path,
-        b.manifest.max_length,
-        b.manifest.pad_id,
-        args.threads,
-        spin=True,  # in-process has no event loop to compete with: its fastest setting
-    )
+    # In-process has no event loop to compete with: spinning is its fastest setting.
+    core = encoder_from_bundle(b, EngineOptions(threads=args.threads, onnx_spin=True))
     encode_texts(core, texts[:64])
     inproc = median(
         [

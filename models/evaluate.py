@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from models.datasets import PairSet, read_pairs
+from service.runtime.assembly import EngineOptions, cross_encoder_from_bundle, encoder_from_bundle
 from service.runtime.bundle import Bundle, load_bundle, read_manifest, write_manifest
 from service.runtime.cross import CrossCore, OnnxCrossEncoder, pair_raw_scores, sigmoid
 from service.runtime.encoder import EncoderCore, OnnxEncoder, encode_texts
@@ -22,23 +23,12 @@ from service.runtime.whitening import Whitening
 
 def bundle_encoder(bundle: Bundle, threads: int = 0) -> OnnxEncoder:
     """The bundle's ONNX encoder."""
-    m = bundle.manifest
-    return OnnxEncoder(bundle.model_path, bundle.tokenizer_path, m.max_length, m.pad_id, threads)
+    return encoder_from_bundle(bundle, EngineOptions(threads=threads, onnx_spin=True))
 
 
 def bundle_cross_encoder(bundle: Bundle, threads: int = 0) -> OnnxCrossEncoder | None:
     """The bundle's ONNX cross-encoder, or None when it has none."""
-    c = bundle.manifest.cross
-    if c is None:
-        return None
-    return OnnxCrossEncoder(
-        bundle.cross_model_path,
-        bundle.cross_tokenizer_path,
-        c.max_length,
-        c.pad_id,
-        threads,
-        segment_ids=c.segment_ids,
-    )
+    return cross_encoder_from_bundle(bundle, EngineOptions(threads=threads, onnx_spin=True))
 
 
 def encode_pair_set(

@@ -68,8 +68,16 @@ def make_handler(stream: IO[str] | None = None, json_lines: bool = False) -> log
     return handler
 
 
+QUIET_LOGGERS = ("faiss.loader",)
+"""Loggers whose INFO lines alarm more than they tell: faiss's loader logs each CPU-feature
+build it probes (AVX512, then AVX2), with a `ModuleNotFoundError` for each one it lacks."""
+
+
 def configure_logging(level: str = "info", json_lines: bool = False) -> None:
-    """Route the service's and uvicorn's logs through one handler."""
+    """Route the service's and uvicorn's logs through one handler; the noisy loggers only
+    from WARNING up (a logger's level holds whenever faiss is imported)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     handler = make_handler(json_lines=json_lines)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -46,11 +46,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 def _index_with_ray(args: argparse.Namespace) -> int:
     """Straight into the PostgreSQL store, encoding in Ray actors (no server involved)."""
     from service.cli.default_bundle import ensure_default_bundle
-    from service.main import collection_limits, index_defaults, postgres_options
+    from service.options import uses_postgres
 
     settings = settings_from_args(args, bundle=args.bundle, store=args.store)
-    url = settings.store.get_secret_value() if settings.store else ""
-    if not url.startswith(("postgresql://", "postgres://")):
+    if not uses_postgres(settings):
         print(
             "simsvc index --engine ray writes to the PostgreSQL store: pass --store "
             "postgresql://... or set SIMSVC_STORE",
@@ -67,15 +66,13 @@ def _index_with_ray(args: argparse.Namespace) -> int:
                 files=args.file,
                 collection=args.collection,
                 bundle=bundle,
-                store=postgres_options(settings),
+                settings=settings,
                 address=args.address,
                 actors=args.actors,
                 actor_cpus=args.actor_cpus,
                 threads=args.actor_threads,
                 batch=args.batch,
                 resume=not args.no_resume,
-                limits=collection_limits(settings),
-                index=index_defaults(settings),
             ),
             progress=None if args.quiet else sys.stderr,
             say=lambda m: print(m, file=sys.stderr),

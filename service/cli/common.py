@@ -4,7 +4,6 @@ client's options. The command modules import this, never each other."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +12,6 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from service.cli.client import ServiceClient
 
-QUIET_LOGGERS = ("faiss.loader",)
-"""Loggers whose INFO lines alarm more than they tell: faiss's loader logs each CPU-feature
-build it probes (AVX512, then AVX2), with a `ModuleNotFoundError` for each one it lacks."""
-
 
 def settings_from_args(args: argparse.Namespace, **fields: Any) -> Settings:
     """Settings from the environment, overridden by the options given on the command line."""
@@ -24,16 +19,9 @@ def settings_from_args(args: argparse.Namespace, **fields: Any) -> Settings:
     return Settings(**overrides)
 
 
-def quiet_noisy_loggers() -> None:
-    """Raise the noisy loggers to WARNING; before faiss is first imported, or it is too late."""
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def setup_logging(level: str = "info", json_lines: bool = False) -> None:
     from service.logs import configure_logging
 
-    quiet_noisy_loggers()
     configure_logging(level, json_lines)
 
 

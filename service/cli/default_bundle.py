@@ -13,12 +13,17 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service import __version__
 from service.errors import BundleError
 from service.runtime.bundle import load_bundle
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from models.build import BuildOptions
 
 log = logging.getLogger("simsvc")
 
@@ -48,22 +53,32 @@ def default_bundle_dir(
     return settings.cache_dir / "bundles" / f"{slug}-{key}"
 
 
-def ensure_default_bundle(settings: Settings, say: Callable[[str], None] = log.info) -> Path:
-    """Return a cached default bundle, building it first if needed."""
-    model = default_model(settings)
-    sts, dev = settings.shared / STS_TRAIN, settings.shared / STS_DEV
-    sts_file = sts if sts.is_file() else None
-    dev_file = dev if sts_file and dev.is_file() else None
-    target = default_bundle_dir(settings, model, sts_file, dev_file)
+def cached_bundle(
+    options: BuildOptions,
+    say: Callable[[str], None] = log.info,
+    before_build: Callable[[], None] = lambda: None,
+) -> Path:
+    """The bundle at `options.out` when a usable one is there, else built there first
+    (replacing whatever is there). `before_build` runs only when a build is due, so a
+    cached bundle needs no build extra. The default bundle, the benchmarks and the tests'
+    cached bundles all come through here."""
+    target = options.out
     if (target / "manifest.json").is_file():
         try:
             load_bundle(target)
-            say(f"using cached default bundle {target}")
+            say(f"using cached bundle {target}")
             return target
-        except BundleError as exc:
+        except (BundleError, OSError, ValueError) as exc:
             say(f"cached bundle {target} is unusable ({exc}); rebuilding")
+    before_build()
+    from models.build import build_bundle
+
+    build_bundle(replace(options, force=True), say)
+    return target
+
+
+def _require_build_extra() -> None:
     try:
-        from models.build import BuildOptions, build_bundle
         from models.export_onnx import require_build_extra
 
         require_build_extra()
@@ -73,30 +88,41 @@ def ensure_default_bundle(settings: Settings, say: Callable[[str], None] = log.i
             f"{exc}.\nEither install the build extra (pip install 'simsvc[build]'), or pass "
             "--bundle DIR / set SIMSVC_BUNDLE to a bundle made by `simsvc build`."
         ) from exc
-    say(
-        f"building the default bundle from {model} "
-        f"({'whitening + head from ' + str(sts_file) if sts_file else 'no fit data found'}"
-        f"{', whitening judged on ' + str(dev_file) if dev_file else ''}) "
-        f"into {target}; this happens once"
+
+
+def ensure_default_bundle(settings: Settings, say: Callable[[str], None] = log.info) -> Path:
+    """Return a cached default bundle, building it first if needed."""
+    from models.build import BuildOptions
+
+    model = default_model(settings)
+    sts, dev = settings.shared / STS_TRAIN, settings.shared / STS_DEV
+    sts_file = sts if sts.is_file() else None
+    dev_file = dev if sts_file and dev.is_file() else None
+    target = default_bundle_dir(settings, model, sts_file, dev_file)
+    options = BuildOptions(
+        model=model,
+        out=target,
+        whiten_on=[sts_file] if sts_file else [],
+        whiten="auto" if dev_file else "fit",
+        eval_on=[dev_file] if dev_file else [],
+        head_pairs=sts_file,
+        threads=settings.threads,
     )
-    try:
-        build_bundle(
-            BuildOptions(
-                model=model,
-                out=target,
-                whiten_on=[sts_file] if sts_file else [],
-                whiten="auto" if dev_file else "fit",
-                eval_on=[dev_file] if dev_file else [],
-                head_pairs=sts_file,
-                threads=settings.threads,
-                force=True,
-            ),
-            say,
+
+    def announce() -> None:
+        _require_build_extra()
+        say(
+            f"building the default bundle from {model} "
+            f"({'whitening + head from ' + str(sts_file) if sts_file else 'no fit data found'}"
+            f"{', whitening judged on ' + str(dev_file) if dev_file else ''}) "
+            f"into {target}; this happens once"
         )
+
+    try:
+        return cached_bundle(options, say, before_build=announce)
     except OSError as exc:
         raise SystemExit(
             f"cannot build the default bundle from {model}: {exc}\n"
             "Set SIMSVC_MODEL to a local checkpoint directory or a reachable hub id, or "
             "SIMSVC_SHARED to the folder holding models/all-MiniLM-L6-v2, or pass --bundle."
         ) from exc
-    return target

@@ -1,12 +1,15 @@
-"""Bulk indexing on Ray Data: read JSONL or Parquet, encode in a pool of actors, write to
-the PostgreSQL store with COPY.
+"""Bulk indexing on Ray Data: read JSONL or Parquet, encode and write in a pool of actors,
+each writing through the same path as an HTTP upload.
 
-`simsvc index FILE... --engine ray` runs it. Each actor loads the bundle once (its bytes
-travel through Ray's object store, so a cluster's workers need no shared disk for it) and
-runs ONNX Runtime with a few threads; the driver writes what comes back in transactions of
-`commit_every` documents through the store's own writer, so the documents, whitening and
-indexes are exactly what the HTTP path would make. Resumable by id: documents whose id the
-collection holds already are skipped (use --no-resume to write them again).
+`simsvc index FILE... --engine ray` runs it. Each actor builds the bundle's engine once
+(`Engine.from_bundle`; the bundle's bytes travel through Ray's object store, so a cluster's
+workers need no shared disk for it) with a few ONNX threads, and hands each batch to
+`Collections.upsert` on the PostgreSQL store, the call behind
+`POST /v1/collections/{name}/documents`: the same checks, encoding, whitening and
+transaction, one per batch, as if replicas of the service were sent the batches. The
+store's advisory locks let the actors write side by side. Resumable by id: documents whose
+id the collection holds already are skipped (use --no-resume to write them again). An id
+repeated within a batch keeps its later line; across batches, the batch written last wins.
 
 On a small machine Ray's default of one CPU per actor leaves nothing for the read tasks and
 the pipeline stalls: actors ask for a fraction of a CPU (`actor_cpus`). `ray.shutdown()`
@@ -19,8 +22,8 @@ import asyncio
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,11 +31,12 @@ import numpy as np
 import orjson
 
 from models.beir import to_document
-from service.runtime.bundle import MODEL_FILE, TOKENIZER_FILE, load_bundle
-from service.runtime.collections import CollectionLimits, IndexDefaults, check_documents
-from service.runtime.index import IndexSpec
-from service.runtime.store.base import CollectionSpec, Document, ModelInfo, check_name
-from service.runtime.store.postgres import PostgresOptions, PostgresStore
+from service.options import engine_options, make_collections, postgres_options, uses_postgres
+from service.runtime.bundle import load_bundle
+from service.runtime.engine import Engine
+from service.runtime.store.base import Document, ModelInfo, check_name
+from service.runtime.store.postgres import PostgresStore
+from service.settings import Settings
 
 log = logging.getLogger("simsvc.index")
 
@@ -42,21 +46,19 @@ LINE = "__simsvc_line"
 
 @dataclass
 class RayIndexOptions:
-    """What `simsvc index --engine ray` takes."""
+    """What `simsvc index --engine ray` takes; the store, limits and index defaults come
+    from the settings, as the service's do."""
 
     files: list[Path]
     collection: str
     bundle: Path
-    store: PostgresOptions
+    settings: Settings
     address: str | None = None
     actors: int = 2
     actor_cpus: float = 0.5
     threads: int = 1
     batch: int = 128
-    commit_every: int = 2048
     resume: bool = True
-    limits: CollectionLimits = field(default_factory=CollectionLimits)
-    index: IndexDefaults = field(default_factory=IndexDefaults)
 
 
 @dataclass
@@ -71,60 +73,61 @@ class RayIndexReport:
         return self.indexed / self.seconds if self.seconds else 0.0
 
 
-class _Encode:
-    """A Ray actor: the bundle's encoder, loaded once, turning lines into raw vectors."""
+def _bundle_files(directory: Path) -> dict[str, bytes]:
+    """Every file of the bundle by its path inside it (the manifest lists their hashes)."""
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file()
+    }
 
-    def __init__(
-        self,
-        files: dict[str, bytes],
-        max_length: int,
-        pad_id: int,
-        pooling: str,
-        threads: int,
-        done: set[str],
-        limits: CollectionLimits,
-    ) -> None:
-        from service.runtime.encoder import OnnxEncoder
 
+class _Upsert:
+    """A Ray actor: the bundle's engine and the store's collections, opened once; each batch
+    of lines goes through `Collections.upsert`, as an HTTP upload does."""
+
+    def __init__(self, files: dict[str, bytes], opts: RayIndexOptions, done: set[str]) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="simsvc-actor-")
+        root = Path(self._dir.name)
         for name, data in files.items():
-            (Path(self._dir.name) / name).write_bytes(data)
-        self._encoder = OnnxEncoder(
-            Path(self._dir.name) / MODEL_FILE,
-            Path(self._dir.name) / TOKENIZER_FILE,
-            max_length,
-            pad_id=pad_id,
-            threads=threads,
-            spin=False,
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
+        settings = opts.settings
+        options = replace(
+            engine_options(settings), threads=opts.threads, workers=1, onnx_spin=False, cross=False
         )
-        self._pooling = pooling
+        self._engine = Engine.from_bundle(root, options)
+        self._engine.start()
+        self._collections = make_collections(settings)
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self._collections.open())
+        self._name = opts.collection
         self._done = done
-        self._limits = limits
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from service.runtime.encoder import encode_texts
-
-        docs: list[Document] = []
+        docs: dict[str, Document] = {}
         for obj in _rows(batch):
             doc = to_document(obj)
-            if str(doc.get("id")) in self._done:
+            doc_id = str(doc.get("id"))
+            if doc_id in self._done:
                 continue
-            docs.append(
-                Document(str(doc["id"]), str(doc.get("text", "")), dict(doc.get("metadata") or {}))
+            docs.pop(doc_id, None)  # a repeated id: the later line wins, in its place
+            docs[doc_id] = Document(
+                doc_id, str(doc.get("text", "")), dict(doc.get("metadata") or {})
             )
-        check_documents(docs, self._limits)
-        dims = self._encoder.dims
-        raw = (
-            encode_texts(self._encoder, [d.text for d in docs])[self._pooling]
-            if docs
-            else np.empty((0, dims), dtype=np.float32)
-        )
-        return {
-            "id": np.array([d.id for d in docs], dtype=object),
-            "text": np.array([d.text for d in docs], dtype=object),
-            "metadata": np.array([orjson.dumps(d.metadata).decode() for d in docs], dtype=object),
-            "raw": raw.astype(np.float32),
-        }
+        if docs:
+            size = self._collections.limits.batch_documents
+            self._loop.run_until_complete(
+                self._collections.upsert(
+                    self._name, self._engine, _chunks(list(docs.values()), size)
+                )
+            )
+        return {"indexed": np.array([len(docs)], dtype=np.int64)}
+
+
+async def _chunks(docs: Sequence[Document], size: int) -> AsyncIterator[Sequence[Document]]:
+    for start in range(0, len(docs), size):
+        yield docs[start : start + size]
 
 
 def _rows(batch: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -172,40 +175,40 @@ def index_with_ray(
     except ImportError as exc:
         raise ImportError(RAY_HINT) from exc
     check_name(opts.collection)
+    if not uses_postgres(opts.settings):
+        raise ValueError("the Ray indexer writes to the PostgreSQL store: set its URL")
     bundle = load_bundle(opts.bundle)
     manifest = bundle.manifest
     model = ModelInfo(manifest.source.model, manifest.pooling, manifest.dims.hidden)
-    store = PostgresStore(opts.store)
+    store = PostgresStore(postgres_options(opts.settings))
+    collections = make_collections(opts.settings, store=store)
     started = time.perf_counter()
     loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(store.open())
+        loop.run_until_complete(collections.open())
         if store.problem:
             raise ConnectionError(store.problem)
-        spec = CollectionSpec(
-            model, IndexSpec(opts.index.kind, opts.index.params(opts.index.kind)),
-            bundle.whitening.dims_out, bundle.whitening,
-        )  # fmt: skip
-        if loop.run_until_complete(store.create(opts.collection, spec)):
-            say(f"collection {opts.collection} created")
-        theirs = loop.run_until_complete(store.model(opts.collection))
-        if (theirs.pooling, theirs.raw_dims) != (model.pooling, model.raw_dims):
-            raise ValueError(
-                f"collection {opts.collection!r} holds {theirs.raw_dims}-dim {theirs.pooling} "
-                f"vectors of {theirs.model}; the bundle makes {model.raw_dims}-dim "
-                f"{model.pooling} vectors"
-            )
-        done = loop.run_until_complete(store.ids(opts.collection)) if opts.resume else set()
+        done: set[str] = set()
+        if opts.collection in loop.run_until_complete(collections.names()):
+            theirs = loop.run_until_complete(store.model(opts.collection))
+            if (theirs.pooling, theirs.raw_dims) != (model.pooling, model.raw_dims):
+                raise ValueError(
+                    f"collection {opts.collection!r} holds {theirs.raw_dims}-dim "
+                    f"{theirs.pooling} vectors of {theirs.model}; the bundle makes "
+                    f"{model.raw_dims}-dim {model.pooling} vectors"
+                )
+            if opts.resume:
+                done = loop.run_until_complete(store.ids(opts.collection))
         if done:
             say(f"resuming: {len(done)} documents of {opts.collection} are there already")
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False)
         try:
-            indexed = _run(ray, opts, bundle, done, store, loop, progress)
+            indexed = _run(ray, opts, _bundle_files(opts.bundle), done, progress)
         finally:
             ray.shutdown()
-        count = int(loop.run_until_complete(store.info(opts.collection))["count"])
+        count = int(loop.run_until_complete(collections.info(opts.collection))["count"])
     finally:
-        loop.run_until_complete(store.close())
+        loop.run_until_complete(collections.close())
         loop.close()
     return RayIndexReport(indexed, len(done), count, time.perf_counter() - started)
 
@@ -213,61 +216,28 @@ def index_with_ray(
 def _run(
     ray: Any,
     opts: RayIndexOptions,
-    bundle: Any,
+    files: dict[str, bytes],
     done: set[str],
-    store: PostgresStore,
-    loop: asyncio.AbstractEventLoop,
     progress: IO[str] | None,
 ) -> int:
     from tqdm import tqdm
 
     ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True  # a repeated id: the later line wins
     ctx.enable_progress_bars = False
-    files = {
-        MODEL_FILE: bundle.model_path.read_bytes(),
-        TOKENIZER_FILE: bundle.tokenizer_path.read_bytes(),
-    }
-    m = bundle.manifest
     ds = _read(opts.files).map_batches(
-        _Encode,
-        fn_constructor_args=(
-            files, m.max_length, m.pad_id, m.pooling, opts.threads, done, opts.limits,
-        ),
+        _Upsert,
+        fn_constructor_args=(files, opts, done),
         batch_size=opts.batch,
         batch_format="numpy",
         concurrency=opts.actors,
         num_cpus=opts.actor_cpus,
-    )  # fmt: skip
+    )
     indexed = 0
     with tqdm(
         unit="doc", desc=f"indexing {opts.collection}", file=progress, disable=progress is None
     ) as bar:
-        for batch in ds.iter_batches(batch_size=opts.commit_every, batch_format="numpy"):
-            docs, rows = _last_of_each_id(batch)
-            if docs:
-                loop.run_until_complete(_write(store, opts.collection, docs, batch["raw"][rows]))
-            indexed += len(docs)
-            bar.update(len(docs))
+        for batch in ds.iter_batches(batch_format="numpy"):
+            n = int(np.sum(batch["indexed"]))
+            indexed += n
+            bar.update(n)
     return indexed
-
-
-def _last_of_each_id(batch: dict[str, Any]) -> tuple[list[Document], list[int]]:
-    """The batch's documents, an id given twice keeping its later line."""
-    last = {str(doc_id): i for i, doc_id in enumerate(batch["id"])}
-    rows = sorted(last.values())
-    docs = [
-        Document(str(batch["id"][i]), str(batch["text"][i]), orjson.loads(batch["metadata"][i]))
-        for i in rows
-    ]
-    return docs, rows
-
-
-async def _write(store: PostgresStore, name: str, docs: list[Document], raw: Any) -> None:
-    writer = await store.begin(name)
-    try:
-        await writer.upsert(docs, np.ascontiguousarray(raw, dtype=np.float32))
-        await writer.commit()
-    except BaseException:
-        writer.abort()
-        raise

@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -21,7 +22,15 @@ from service.errors import (
     TooManyTextsError,
     ValidationError,
 )
-from service.runtime.batching import DynamicBatcher
+from service.runtime.assembly import (
+    CrossBatchObserver,
+    EngineOptions,
+    cross_from_bundle,
+    encoder_from_bundle,
+    make_batcher,
+)
+from service.runtime.batching import BatchObserver, DynamicBatcher
+from service.runtime.bundle import Bundle, load_bundle
 from service.runtime.cross import CrossScorer, CrossScores, Direction, PairInput
 from service.runtime.encoder import EncoderCore, Tokenized
 from service.runtime.head import PairHead, make_views
@@ -36,6 +45,10 @@ class EngineObserver(Protocol):
     def tokenized(self, texts: int, tokens: int, truncated: int, seconds: float) -> None: ...
 
     def pairs_scored(self, probabilities: np.ndarray, similar: np.ndarray) -> None: ...
+
+
+class EncoderObserver(EngineObserver, BatchObserver, Protocol):
+    """What watches an engine's encoder: its requests and its batcher."""
 
 
 class _NullEngineObserver:
@@ -115,6 +128,69 @@ class Engine:
         self._observer: EngineObserver = observer or _NullEngineObserver()
         self._inline_chars = inline_tokenize_chars
         self.cross = cross
+
+    @classmethod
+    def assemble(
+        cls,
+        core: EncoderCore,
+        options: EngineOptions,
+        *,
+        model_name: str,
+        pooling: str,
+        whitening: Whitening | None = None,
+        head: PairHead | None = None,
+        cross: CrossScorer | None = None,
+        observer: EncoderObserver | None = None,
+    ) -> Engine:
+        """An encoder core behind a batcher, with the options' limits (any core: the
+        bundle's ONNX session, or a fake one in tests)."""
+        batcher = make_batcher(
+            options,
+            core.infer,
+            max(options.max_batch_tokens, core.max_length),
+            options.max_batch_size,
+            options.max_queue_texts,
+            observer,
+        )
+        return cls(
+            core,
+            batcher,
+            model_name=model_name,
+            pooling=pooling,
+            whitening=whitening or Whitening.identity(core.dims),
+            head=head,
+            limits=EngineLimits(options.max_texts, options.max_pairs, options.max_chars),
+            similar_threshold=options.similar_threshold,
+            observer=observer,
+            cross=cross,
+        )
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle: Bundle | Path,
+        options: EngineOptions | None = None,
+        *,
+        observer: EncoderObserver | None = None,
+        cross_observer: CrossBatchObserver | None = None,
+    ) -> Engine:
+        """The engine of a bundle (a directory is loaded and verified first): its ONNX
+        session, tokenizer, whitening and head, and its cross-encoder when it has one.
+        Not started: call `start()`."""
+        if not isinstance(bundle, Bundle):
+            bundle = load_bundle(bundle)
+        options = options or EngineOptions()
+        manifest = bundle.manifest
+        return cls.assemble(
+            encoder_from_bundle(bundle, options),
+            options,
+            model_name=manifest.source.model,
+            pooling=manifest.pooling,
+            whitening=bundle.whitening,
+            head=bundle.head,
+            cross=cross_from_bundle(bundle, options, cross_observer),
+            observer=observer,
+        )
 
     @property
     def dims(self) -> int:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.main import make_cross, make_engine
 from service.metrics import Metrics
+from service.options import engine_options
+from service.runtime.assembly import assemble_cross
 from service.runtime.engine import Engine
 from service.runtime.head import Calibration, PairHead, feature_dims
 from service.runtime.whitening import Whitening, WhiteningAccumulator
@@ -41,26 +42,27 @@ def fake_factory(
     def factory(settings: Settings, metrics: Metrics) -> Engine:
         enc = core or FakeEncoder(dims=DIMS)
         whitening, head = fake_parts(enc)
+        options = engine_options(settings)
         scorer = None
         if cross is not None:
-            scorer = make_cross(
-                settings,
-                metrics,
+            scorer = assemble_cross(
                 cross,
+                options,
                 model_name="fake-cross",
                 calibration=CROSS_CALIBRATION,
                 labels=["dissimilar", "similar"][2 - cross.num_labels :],
+                observer=metrics.cross,
             )
-        return make_engine(
-            settings,
-            metrics,
-            enc,
+        return Engine.assemble(
+            enc,  # type: ignore[arg-type]
+            options,
             model_name="fake-encoder",
             pooling="mean",
             whitening=whitening,
             head=head,
             cross=scorer,
-        )  # type: ignore[arg-type]
+            observer=metrics,
+        )
 
     return factory
 

@@ -100,20 +100,15 @@ def test_the_engine_scores_pairs_with_its_cross_encoder_without_http() -> None:
     import asyncio
 
     from service.errors import NoCrossEncoderError, TooManyTextsError
-    from service.main import make_cross, make_engine
-    from service.metrics import Metrics
-    from service.settings import Settings
+    from service.runtime.assembly import EngineOptions, assemble_cross
+    from service.runtime.engine import Engine
     from tests.fakes import FakeCrossEncoder, FakeEncoder
 
-    settings, metrics = Settings(max_pairs_per_request=3), Metrics()
+    options = EngineOptions(max_pairs=3)
     calibration = Calibration("sigmoid", a=2.0, b=1.0)
-    cross = make_cross(
-        settings, metrics, FakeCrossEncoder(), model_name="c", calibration=calibration
-    )
-    engine = make_engine(
-        settings, metrics, FakeEncoder(), model_name="m", pooling="mean", cross=cross
-    )
-    bare = make_engine(settings, metrics, FakeEncoder(), model_name="m", pooling="mean")
+    cross = assemble_cross(FakeCrossEncoder(), options, model_name="c", calibration=calibration)
+    engine = Engine.assemble(FakeEncoder(), options, model_name="m", pooling="mean", cross=cross)
+    bare = Engine.assemble(FakeEncoder(), options, model_name="m", pooling="mean")
 
     async def run() -> None:
         engine.start()
