@@ -276,7 +276,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser(
         "evaluate-retrieval",
-        help="nDCG@10, recall@100 and MRR@10 of a collection on BEIR queries, per search mode",
+        help="nDCG@10, recall@100, MRR@10 of a collection on BEIR queries, per mode",
     )
     _add_judged_queries(p, "BEIR qrels TSV")
     p.add_argument("--recall-k", type=int, default=100)
@@ -296,7 +296,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser(
         "tune-search",
-        help="pick a collection's default search mode and fusion on judged (train) queries",
+        help="pick a collection's default search mode and fusion on judged queries",
     )
     _add_judged_queries(p, "BEIR qrels TSV (train queries: tune on them, report on others)")
     p.add_argument("--depth", type=int, default=100, help="how deep each list is read")

@@ -152,11 +152,70 @@ def _evaluate_service(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simsvc", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+INTRO = """\
+simsvc: semantic similarity on BERT. It serves pair scores, embeddings, reranking and
+search over document collections over HTTP, from a model bundle (an ONNX encoder with
+its whitening, pair head and optional cross-encoder) that it also builds and trains.
 
-    p = sub.add_parser("serve", help="run the HTTP service")
+Run `simsvc COMMAND --help` for a command's options."""
+
+GROUPS = {
+    "serving": ("serve",),
+    "collections (a running service, or PostgreSQL with --engine ray)": (
+        "index",
+        "search",
+        "evaluate-retrieval",
+        "tune-search",
+    ),
+    "bundles and models (offline; most need the build extra)": (
+        "build",
+        "evaluate",
+        "pretrain",
+        "evaluate-mlm",
+        "finetune",
+        "split-pairs",
+        "label-pairs",
+        "evaluate-checkpoint",
+    ),
+}
+"""How `simsvc --help` lists the commands: every command is in exactly one group."""
+
+
+class _Commands:
+    """The subcommand registry the command modules add to: each command's one-line `help`
+    becomes its description (`simsvc COMMAND --help`) and its line in the grouped list."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+        self.summaries: dict[str, str] = {}
+
+    def add_parser(self, name: str, *, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+        self.summaries[name] = help
+        kwargs.setdefault("description", help[:1].upper() + help[1:] + ".")
+        parser: argparse.ArgumentParser = self._sub.add_parser(name, **kwargs)
+        return parser
+
+    def listing(self) -> str:
+        if sorted(self.summaries) != sorted(n for names in GROUPS.values() for n in names):
+            raise AssertionError(f"GROUPS and the commands differ: {sorted(self.summaries)}")
+        width = max(map(len, self.summaries)) + 2
+        blocks = []
+        for group, names in GROUPS.items():
+            lines = [f"  {n:<{width}}{self.summaries[n]}" for n in names]
+            blocks.append("\n".join([f"{group}:", *lines]))
+        return "\n\n".join(blocks)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="simsvc", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = _Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+
+    p = sub.add_parser(
+        "serve",
+        help="run the HTTP service (no --bundle: builds, then reuses, the default one)",
+    )
     p.add_argument("--bundle", type=Path, help="model bundle dir (default: build/cache one)")
     p.add_argument("--model", help="checkpoint for the default bundle (SIMSVC_MODEL)")
     p.add_argument("--host")
@@ -171,7 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("build", help="build a model bundle from a checkpoint")
+    p = sub.add_parser(
+        "build",
+        help="make a model bundle (ONNX, whitening, head, cross) from a checkpoint",
+    )
     p.add_argument("--model", required=True, help="hub id or local checkpoint directory")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument(
@@ -243,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="Spearman of a bundle (in process) or of a running service (--url) on labelled pairs",
+        help="Spearman on labelled pairs, of a bundle or of a running service (--url)",
     )
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--bundle", type=Path)
@@ -269,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     collections.register(sub)
     training.register(sub)
+    parser.description = f"{INTRO}\n\n{sub.listing()}"
     return parser
 
 
