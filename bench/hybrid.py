@@ -2,7 +2,7 @@
 
 Indexes the corpus into a collection (once: the data dir is kept), reads each train query's
 dense and lexical lists through the API (explain), tunes the fusion on them with the
-service's own `fuse()` (`service.tuning`, the grid `simsvc tune-search` uses: RRF's k
+service's own `fuse()` (`service.cli.tuning`, the grid `simsvc tune-search` uses: RRF's k
 and weight, the weighted combination's normalisation and alpha), then measures the best
 settings through the API: nDCG@10, recall@100, MRR@10 per mode, and the p50 latency of one
 query per mode with flat and hnsw indexes.
