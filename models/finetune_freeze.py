@@ -16,18 +16,17 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from models.finetune_config import CARD_FILE, FinetuneOptions
 from models.finetune_data import both_orders, read_pair_data
 from models.finetune_eval import DevSets
 from models.finetune_models import load_cross, map_pairs, mark_cross
 from models.train_head import fit_calibration, fit_linear_path
 from models.training import prepare_out, resolve_device, resolve_precision
-
-if TYPE_CHECKING:
-    from models.finetune import FinetuneOptions
+from models.training_run import STATE_DIR, start_torch, write_card
 
 FREEZE_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -74,10 +73,9 @@ def _require_pooled_classifier(net: Any, model: str) -> None:
 
 def fit_frozen(opts: FinetuneOptions, say: Callable[[str], None]) -> dict[str, Any]:
     """Fit the classifier layer on frozen pooled [CLS] features; write the checkpoint."""
+    start_torch(opts.threads)
     import torch
     from transformers import AutoTokenizer
-
-    from models.finetune import CARD_FILE, STATE_DIR, write_card
 
     if opts.objective != "cross":
         raise ValueError("--freeze is the cross-encoder baseline: use it with --objective cross")
@@ -155,5 +153,5 @@ def fit_frozen(opts: FinetuneOptions, say: Callable[[str], None]) -> dict[str, A
         "dev_best": first["spearman"] if first else None,
         "stopped": "done",
     }
-    write_card(opts.out, card)
+    write_card(opts.out, CARD_FILE, card)
     return json.loads((opts.out / CARD_FILE).read_text())  # type: ignore[no-any-return]

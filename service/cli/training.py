@@ -64,7 +64,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 @offline("evaluate-mlm")
 def cmd_evaluate_mlm(args: argparse.Namespace) -> int:
-    from models.pretrain import evaluate_mlm, format_mlm
+    from models.pretrain_eval import evaluate_mlm, format_mlm
 
     figures = evaluate_mlm(
         args.model,
@@ -83,7 +83,8 @@ def cmd_evaluate_mlm(args: argparse.Namespace) -> int:
 @offline("finetune")
 def cmd_finetune(args: argparse.Namespace) -> int:
     setup_logging()
-    from models.finetune import FinetuneOptions, finetune
+    from models.finetune import finetune
+    from models.finetune_config import FinetuneOptions
 
     card = finetune(FinetuneOptions(**_options(args)), say=_say)
     keys = ("objective", "steps", "epochs", "stopped", "dev_best", "best_step", "seconds_per_epoch")
