@@ -37,7 +37,8 @@ from service.runtime.store.base import (
     valid_name,
 )
 from service.runtime.store.docstore import WriteTxn
-from service.runtime.store.local_collection import LocalCollection, LocalOptions, fsync_dir
+from service.runtime.store.local_collection import LocalCollection, LocalOptions
+from service.runtime.store.local_files import fsync_dir
 from service.runtime.types import FloatArray
 
 log = logging.getLogger("simsvc.collections")
