@@ -32,6 +32,7 @@ from service.runtime.store.base import (
     Hit,
     ModelInfo,
     NullObserver,
+    StoredCollection,
     StoreWriter,
     WhiteningFitter,
     WhiteningState,
@@ -84,8 +85,12 @@ class PostgresStore(CollectionStore):
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def _read(self, name: str, fn: Callable[[Any, Row], Awaitable[T]]) -> T:
-        """Run `fn` in a read-only snapshot; again if a rebuild swapped the table away."""
+    async def _read(
+        self, name: str, fn: Callable[[Any, Row], Awaitable[T]], row: Row | None = None
+    ) -> T:
+        """Run `fn` in a read-only snapshot, on `row` when the request looked the collection
+        up already, else on the row as of the snapshot; again, on a fresh row, if a rebuild
+        swapped the table away."""
         import psycopg
 
         pool = self._pool.need_pool()
@@ -96,8 +101,9 @@ class PostgresStore(CollectionStore):
                         await conn.execute(
                             "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
                         )
-                        return await fn(conn, await catalog_row(conn, name))
+                        return await fn(conn, row or await catalog_row(conn, name))
             except psycopg.errors.UndefinedTable:
+                row = None
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
@@ -108,6 +114,12 @@ class PostgresStore(CollectionStore):
             async with pool.connection() as conn:
                 cur = await conn.execute("SELECT name FROM simsvc_collections ORDER BY name")
                 return [r[0] for r in await cur.fetchall()]
+
+    async def entry(self, name: str) -> PostgresEntry:
+        async def read(conn: Any, row: Row) -> Row:
+            return row
+
+        return PostgresEntry(self, await self._read(name, read))
 
     async def model(self, name: str) -> ModelInfo:
         async def read(conn: Any, row: Row) -> ModelInfo:
@@ -155,7 +167,9 @@ class PostgresStore(CollectionStore):
 
         return await self._read(name, read)
 
-    async def get(self, name: str, doc_id: str) -> Document | None:
+    async def get(self, name: str, doc_id: str, row: Row | None = None) -> Document | None:
+        """One document (on the row a request looked up, when given)."""
+
         async def read(conn: Any, row: Row) -> Document | None:
             cur = await conn.execute(
                 q("SELECT text, metadata FROM {t} WHERE id = %s", t=row.tbl), (doc_id,)
@@ -163,9 +177,12 @@ class PostgresStore(CollectionStore):
             found = await cur.fetchone()
             return None if found is None else Document(doc_id, found[0], found[1])
 
-        return await self._read(name, read)
+        return await self._read(name, read, row)
 
-    async def search(self, name: str, raw: FloatArray, k: int, where: Filter | None) -> list[Hit]:
+    async def search(
+        self, name: str, raw: FloatArray, k: int, where: Filter | None, row: Row | None = None
+    ) -> list[Hit]:
+        """The nearest documents (on the row a request looked up, when given)."""
         started = time.perf_counter()
         kind = "flat"
 
@@ -191,18 +208,21 @@ class PostgresStore(CollectionStore):
             return hits
 
         try:
-            return await self._read(name, read)
+            return await self._read(name, read, row)
         finally:
             self.observer.searched(kind, time.perf_counter() - started)
 
-    async def lexical(self, name: str, query: str, k: int, where: Filter | None) -> list[Hit]:
+    async def lexical(
+        self, name: str, query: str, k: int, where: Filter | None, row: Row | None = None
+    ) -> list[Hit]:
+        """The best BM25 matches (on the row a request looked up, when given)."""
         started = time.perf_counter()
 
         async def read(conn: Any, row: Row) -> list[Hit]:
             return await bm25(conn, row, query, k, where)
 
         try:
-            return await self._read(name, read)
+            return await self._read(name, read, row)
         finally:
             self.observer.searched("lexical", time.perf_counter() - started)
 
@@ -302,3 +322,28 @@ class PostgresStore(CollectionStore):
 
     async def refit(self, name: str, fitter: WhiteningFitter) -> None:
         await self._rebuilder.rebuild(name, "refit", fitter=fitter)
+
+
+class PostgresEntry(StoredCollection):
+    """A collection as a request found it: its catalog row, read once. Reads run on that
+    row (a fresh one if a rebuild swapped its table meanwhile); writes take the lock and
+    read the row again, as every writer does."""
+
+    def __init__(self, store: PostgresStore, row: Row) -> None:
+        self._store = store
+        self._row = row
+        self.name = row.name
+        self.model = row.model
+        self.search_overrides = dict(row.search)
+
+    async def search(self, raw: FloatArray, k: int, where: Filter | None) -> list[Hit]:
+        return await self._store.search(self.name, raw, k, where, self._row)
+
+    async def lexical(self, query: str, k: int, where: Filter | None) -> list[Hit]:
+        return await self._store.lexical(self.name, query, k, where, self._row)
+
+    async def get(self, doc_id: str) -> Document | None:
+        return await self._store.get(self.name, doc_id, self._row)
+
+    async def begin(self) -> StoreWriter:
+        return await self._store.begin(self.name)
