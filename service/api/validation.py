@@ -7,39 +7,19 @@ here, once, before anything reaches the tokenizer, the store or a filter.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from service.api.schemas import Scalar
 from service.errors import ValidationError
+from service.runtime.store.filters import FilterLimits
 from service.settings import Settings
 
 
-def check_filter(where: Mapping[str, Scalar], settings: Settings) -> dict[str, Scalar] | None:
-    """A search filter within the settings' size limits, with values SQLite can compare."""
-    if len(where) > settings.max_filter_keys:
-        raise ValidationError(
-            f"filter: {len(where)} keys; the limit is {settings.max_filter_keys} keys"
-        )
-    out: dict[str, Scalar] = {}
-    for key, value in where.items():
-        if len(key) > settings.max_filter_key_chars:
-            raise ValidationError(
-                f"filter: key {key[:40]!r}... has {len(key)} characters; the limit is "
-                f"{settings.max_filter_key_chars}"
-            )
-        if isinstance(value, str) and len(value) > settings.max_filter_value_chars:
-            raise ValidationError(
-                f"filter: the value of {key!r} has {len(value)} characters; the limit is "
-                f"{settings.max_filter_value_chars}"
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValidationError(f"filter: the value of {key!r} must be finite")
-        if isinstance(value, int) and not -(2**63) <= value < 2**63:
-            value = float(value)  # a JSON number beyond int64: SQLite compares it as a float
-        out[key] = value
-    return out or None
+def filter_limits(settings: Settings) -> FilterLimits:
+    """The settings' size limits of a search filter (`service.runtime.store.filters` checks)."""
+    return FilterLimits(
+        settings.max_filter_keys, settings.max_filter_key_chars, settings.max_filter_value_chars
+    )
 
 
 def check_index_params(kind: str, params: Mapping[str, Any], settings: Settings) -> dict[str, int]:

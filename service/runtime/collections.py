@@ -47,12 +47,13 @@ from service.runtime.store.base import (
     Hit,
     ModelInfo,
     RawChunks,
+    StoredCollection,
+    StoreWriter,
     WhiteningSource,
     WhiteningState,
-    check_filter,
     check_name,
-    matches_nothing,
 )
+from service.runtime.store.filters import check_filter, matches_nothing
 from service.runtime.types import FloatArray
 from service.runtime.whitening import Whitening, WhiteningAccumulator
 
@@ -89,6 +90,17 @@ class IndexDefaults:
 def model_of(engine: Engine) -> ModelInfo:
     """The model an engine's raw vectors come from."""
     return ModelInfo(engine.model_name, engine.pooling, engine.core.dims)
+
+
+def check_model(name: str, theirs: ModelInfo, engine: Engine) -> None:
+    """The engine must make the same kind of raw vectors the collection stores."""
+    ours = model_of(engine)
+    if (ours.raw_dims, ours.pooling) != (theirs.raw_dims, theirs.pooling):
+        raise ConflictError(
+            f"collection {name!r} holds {theirs.raw_dims}-dim {theirs.pooling} vectors of "
+            f"{theirs.model}; this server's model yields {ours.raw_dims}-dim "
+            f"{ours.pooling} vectors: serve the collection's model or re-index"
+        )
 
 
 def check_documents(docs: Sequence[Document], limits: CollectionLimits) -> None:
@@ -215,15 +227,10 @@ class Collections:
             raise ValidationError(f"dims must be in 1..{limit}, got {dims}")
         return dims
 
-    async def _check_model(self, name: str, engine: Engine) -> None:
-        """The engine must make the same kind of raw vectors the collection stores."""
-        theirs, ours = await self.store.model(name), model_of(engine)
-        if (ours.raw_dims, ours.pooling) != (theirs.raw_dims, theirs.pooling):
-            raise ConflictError(
-                f"collection {name!r} holds {theirs.raw_dims}-dim {theirs.pooling} vectors of "
-                f"{theirs.model}; this server's model yields {ours.raw_dims}-dim "
-                f"{ours.pooling} vectors: serve the collection's model or re-index"
-            )
+    async def get(self, name: str, engine: Engine | None = None) -> CollectionHandle:
+        """The collection for one request, looked up once (`NotFoundError` if none); bound
+        to `engine` for the calls that encode (search, upsert)."""
+        return CollectionHandle(self, await self.store.entry(name), engine)
 
     async def _create(
         self,
@@ -285,7 +292,7 @@ class Collections:
         its lexical analyser (the lexical index is rebuilt) or its search defaults."""
         created = await self._create(name, engine, kind, params, dims, analyzer, search)
         if not created:
-            await self._check_model(name, engine)
+            check_model(name, await self.store.model(name), engine)
             current, current_dims = await self.store.index_spec(name)
             white = (await self.store.info(name))["whitening"]
             spec = self._spec(current, kind, params or {})
@@ -305,7 +312,7 @@ class Collections:
 
     # -- documents -----------------------------------------------------------------------
 
-    async def _encode(self, engine: Engine, texts: Sequence[str]) -> FloatArray:
+    async def encode(self, engine: Engine, texts: Sequence[str]) -> FloatArray:
         """Raw pooled vectors; waits (bounded) for room in the encoder queue."""
         deadline = time.monotonic() + self.limits.queue_timeout_s
         delay = 0.02
@@ -322,34 +329,25 @@ class Collections:
     async def upsert(
         self, name: str, engine: Engine, batches: AsyncIterator[Sequence[Document]]
     ) -> tuple[int, int]:
-        """Insert or replace documents by id, batch by batch, in one transaction.
+        """Insert or replace documents by id, batch by batch, in one transaction; the
+        collection is created on first write.
 
         Answers (indexed, count) once the transaction is durable. On any error nothing of
         the request is stored, and a collection this request created is removed again.
         """
         for _attempt in range(3):
             created = await self._create(name, engine)
-            await self._check_model(name, engine)
             try:
-                writer = await self.store.begin(name)
+                handle = await self.get(name, engine)
+                writer = await handle.begin()
             except NotFoundError:
                 continue  # deleted between create and begin: create it afresh
-            indexed = 0
             try:
-                async for batch in batches:
-                    check_documents(batch, self.limits)
-                    raw = await self._encode(engine, [d.text for d in batch])
-                    await writer.upsert(batch, raw)
-                    indexed += len(batch)
-                if not indexed:
-                    raise ValidationError("no documents given")
-                count = await writer.commit()
+                return await handle.write(writer, batches)
             except BaseException:
-                writer.abort()
                 if created:
                     await asyncio.shield(self._drop_if_empty(name))
                 raise
-            return indexed, count
         raise ConflictError(f"collection {name!r} was deleted while being written; try again")
 
     async def _drop_if_empty(self, name: str) -> None:
@@ -357,51 +355,32 @@ class Collections:
             await self.store.drop(name, if_empty=True)
 
     async def get_document(self, name: str, doc_id: str) -> Document:
-        doc = await self.store.get(name, doc_id)
-        if doc is None:
-            raise NotFoundError(f"collection {name!r} has no document {doc_id!r}")
-        return doc
+        return await (await self.get(name)).get_document(doc_id)
 
     async def delete_document(self, name: str, doc_id: str) -> int:
         """Delete one document; the collection's new count."""
-        writer = await self.store.begin(name)
-        try:
-            found = await writer.delete(doc_id)
-            if not found:
-                raise NotFoundError(f"collection {name!r} has no document {doc_id!r}")
-            return await writer.commit()
-        except BaseException:
-            writer.abort()
-            raise
+        return await (await self.get(name)).delete_document(doc_id)
 
-    def check_search(self, query: str, k: int, where: Filter | None) -> None:
-        """The request's own limits, before anything is encoded or read."""
+    def check_search(self, query: str, k: int, where: Filter | None) -> Filter | None:
+        """The request's own limits, before anything is encoded or read; the filter as the
+        stores take it."""
         if len(query) > self.limits.max_text_chars:
             raise TextTooLongError(
                 f"the query has {len(query)} characters; the limit is {self.limits.max_text_chars}"
             )
         if not 1 <= k <= self.limits.max_k:
             raise ValidationError(f"k must be in 1..{self.limits.max_k}, got {k}")
-        check_filter(where)
+        return check_filter(where)
 
     async def search(
         self, name: str, engine: Engine, query: str, k: int, where: Filter | None = None
     ) -> list[Hit]:
         """The k documents nearest in meaning to `query` whose metadata match `where`."""
-        result = await self.find(name, engine, SearchRequest(query, k, where, mode="dense"))
-        return [Hit(h.document, h.score) for h in result.hits]
+        return await (await self.get(name, engine)).search(query, k, where)
 
     async def find(self, name: str, engine: Engine, request: SearchRequest) -> SearchResult:
         """A search in any mode (the collection's default unless the request says)."""
-        await self._check_model(name, engine)
-        self.check_search(request.query, request.k, request.where)
-        info = await self.store.info(name)
-        defaults = self.search_defaults.overridden(info.get("search") or {})
-        if matches_nothing(request.where):
-            return SearchResult([], request.mode or defaults.mode)
-        return await run_search(
-            self.store, engine, name, request, defaults, self.search_limits, self.observer
-        )
+        return await (await self.get(name, engine)).find(request)
 
     # -- whitening -----------------------------------------------------------------------
 
@@ -409,3 +388,94 @@ class Collections:
         """Refit the collection's whitening (on its own documents by default) and rebuild."""
         await self.store.refit(name, WhiteningFit(source))
         return await self.info(name)
+
+
+class CollectionHandle:
+    """One collection for one request: looked up once (its store entry, with the model and
+    search defaults the lookup saw), bound to the engine serving the request and to the
+    collections' limits. Routes take one per request instead of passing the name around."""
+
+    def __init__(
+        self, collections: Collections, entry: StoredCollection, engine: Engine | None
+    ) -> None:
+        self.collections = collections
+        self.entry = entry
+        self.name = entry.name
+        self._engine = engine
+
+    def check_model(self) -> Engine:
+        """The bound engine, once it is known to make the collection's kind of vectors."""
+        if self._engine is None:
+            raise TypeError(f"collection {self.name!r} was looked up without an engine")
+        check_model(self.name, self.entry.model, self._engine)
+        return self._engine
+
+    @property
+    def search_defaults(self) -> SearchDefaults:
+        """The service's search defaults overridden by the collection's own."""
+        return self.collections.search_defaults.overridden(self.entry.search_overrides)
+
+    async def find(self, request: SearchRequest) -> SearchResult:
+        """A search in any mode (the collection's default unless the request says)."""
+        engine = self.check_model()
+        where = self.collections.check_search(request.query, request.k, request.where)
+        request = replace(request, where=where)
+        defaults = self.search_defaults
+        if matches_nothing(request.where):
+            return SearchResult([], request.mode or defaults.mode)
+        limits, observer = self.collections.search_limits, self.collections.observer
+        return await run_search(self.entry, engine, request, defaults, limits, observer)
+
+    async def search(self, query: str, k: int, where: Filter | None = None) -> list[Hit]:
+        """The k documents nearest in meaning to `query` whose metadata match `where`."""
+        result = await self.find(SearchRequest(query, k, where, mode="dense"))
+        return [Hit(h.document, h.score) for h in result.hits]
+
+    async def begin(self) -> StoreWriter:
+        """A write transaction, once the engine is known to suit the collection."""
+        self.check_model()
+        return await self.entry.begin()
+
+    async def write(
+        self, writer: StoreWriter, batches: AsyncIterator[Sequence[Document]]
+    ) -> tuple[int, int]:
+        """Encode and write documents batch by batch and commit: (indexed, count). On any
+        error the transaction is aborted and nothing of it stays."""
+        engine = self.check_model()
+        limits = self.collections.limits
+        indexed = 0
+        try:
+            async for batch in batches:
+                check_documents(batch, limits)
+                raw = await self.collections.encode(engine, [d.text for d in batch])
+                await writer.upsert(batch, raw)
+                indexed += len(batch)
+            if not indexed:
+                raise ValidationError("no documents given")
+            count = await writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return indexed, count
+
+    async def upsert(self, batches: AsyncIterator[Sequence[Document]]) -> tuple[int, int]:
+        """Insert or replace documents by id in one transaction: (indexed, count)."""
+        return await self.write(await self.begin(), batches)
+
+    async def get_document(self, doc_id: str) -> Document:
+        doc = await self.entry.get(doc_id)
+        if doc is None:
+            raise NotFoundError(f"collection {self.name!r} has no document {doc_id!r}")
+        return doc
+
+    async def delete_document(self, doc_id: str) -> int:
+        """Delete one document; the collection's new count."""
+        writer = await self.entry.begin()
+        try:
+            found = await writer.delete(doc_id)
+            if not found:
+                raise NotFoundError(f"collection {self.name!r} has no document {doc_id!r}")
+            return await writer.commit()
+        except BaseException:
+            writer.abort()
+            raise

@@ -21,14 +21,9 @@ import numpy as np
 
 from service.errors import TextTooLongError
 from service.runtime.batching import DynamicBatcher
-from service.runtime.encoder import (
-    Tokenized,
-    onnx_session,
-    pad_batch,
-    pad_type_ids,
-    plan_batches,
-)
+from service.runtime.encoder import Tokenized, pad_batch, pad_type_ids, plan_batches
 from service.runtime.head import Calibration
+from service.runtime.onnx_session import OnnxSession
 from service.runtime.types import Float64Array, FloatArray, Timings
 
 LOGITS = "logits"
@@ -131,13 +126,8 @@ class OnnxCrossEncoder:
         self._pad_id = pad_id
         self._segments = segment_ids
         self._tokenizer("right")  # fails now, not on the first request, if the file is bad
-        self._session = onnx_session(model_path, threads, cpu_arena, spin)
-        self._input_names = {i.name for i in self._session.get_inputs()}
-        if not {"input_ids", "attention_mask"} <= self._input_names:
-            raise ValueError(
-                f"cross-encoder inputs {sorted(self._input_names)} lack input_ids/attention_mask"
-            )
-        outputs = self._session.get_outputs()
+        self._session = OnnxSession(model_path, threads, cpu_arena, spin, "cross-encoder")
+        outputs = self._session.outputs()
         if [o.name for o in outputs] != [LOGITS] or not isinstance(outputs[0].shape[-1], int):
             raise ValueError(
                 f"a cross-encoder graph has one output {LOGITS!r} with a static label axis, got "
@@ -183,10 +173,8 @@ class OnnxCrossEncoder:
     def infer(self, batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
         """Pad to the longest pair in the batch and run the session: the logits."""
         ids, mask = pad_batch(batch, self._pad_id)
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feed["token_type_ids"] = pad_type_ids(batch)
-        (logits,) = self._session.run([LOGITS], feed)
+        types = pad_type_ids(batch) if self._session.takes_type_ids else None
+        (logits,) = self._session.run([LOGITS], ids, mask, types)
         return {LOGITS: logits}
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from service.runtime.onnx_session import OnnxSession
 from service.runtime.types import FloatArray, IntArray
 
 
@@ -136,30 +137,6 @@ def pad_type_ids(batch: Sequence[Tokenized]) -> IntArray:
     return types
 
 
-def onnx_session(
-    model_path: Path, threads: int = 0, cpu_arena: bool = True, spin: bool = True
-) -> Any:
-    """A CPU ONNX Runtime session tuned for batches of varying shape."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    if threads > 0:
-        options.intra_op_num_threads = threads
-    # Shapes vary per batch: memory patterns would be planned (and kept) for each one.
-    options.enable_mem_pattern = False
-    # The arena keeps freed blocks for reuse (faster) but holds its peak; off returns
-    # memory to the allocator after each run.
-    options.enable_cpu_mem_arena = cpu_arena
-    # Spinning threads answer the next run sooner but burn CPU the event loop may need.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    return ort.InferenceSession(
-        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-    )
-
-
 def encode_texts(
     core: EncoderCore,
     texts: Sequence[str],
@@ -219,20 +196,15 @@ class OnnxEncoder:
         self._max_length = max_length
         self._pad_id = pad_id
 
-        self._session = onnx_session(model_path, threads, cpu_arena, spin)
-        self._input_names = {i.name for i in self._session.get_inputs()}
-        if not {"input_ids", "attention_mask"} <= self._input_names:
-            raise ValueError(
-                f"ONNX model inputs {sorted(self._input_names)} lack input_ids/attention_mask"
-            )
+        self._session = OnnxSession(model_path, threads, cpu_arena, spin)
         # The special tokens `tokenize` puts around a text, for texts given as ids.
         probe = self._tokenizer.encode("a", add_special_tokens=True)
         plain = [i for i, special in enumerate(probe.special_tokens_mask) if not special]
         self._prefix = list(probe.ids[: plain[0]]) if plain else []
         self._suffix = list(probe.ids[plain[-1] + 1 :]) if plain else []
         self._vocab_size = int(self._tokenizer.get_vocab_size(with_added_tokens=True))
-        self._outputs = tuple(o.name for o in self._session.get_outputs())
-        dims = {o.shape[-1] for o in self._session.get_outputs()}
+        self._outputs = tuple(o.name for o in self._session.outputs())
+        dims = {o.shape[-1] for o in self._session.outputs()}
         if len(dims) != 1 or not isinstance(next(iter(dims)), int):
             raise ValueError(f"ONNX outputs must share one static last dim, got {dims}")
         self._dims = int(next(iter(dims)))
@@ -269,8 +241,6 @@ class OnnxEncoder:
     def infer(self, batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
         """Pad to the longest in the batch and run the session."""
         ids, mask = pad_batch(batch, self._pad_id)
-        feed = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feed["token_type_ids"] = pad_type_ids(batch)
-        results = self._session.run(list(self._outputs), feed)
+        types = pad_type_ids(batch) if self._session.takes_type_ids else None
+        results = self._session.run(self._outputs, ids, mask, types)
         return dict(zip(self._outputs, results, strict=True))

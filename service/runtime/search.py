@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 from service.errors import NoCrossEncoderError, ValidationError
 from service.runtime.engine import Engine
 from service.runtime.fusion import NORMALIZATIONS, FusedHit, FusionParams, fuse
-from service.runtime.store.base import CollectionStore, Filter, Hit
+from service.runtime.store.base import Filter, Hit, StoredCollection
 
 SearchMode = Literal["dense", "lexical", "hybrid"]
 SEARCH_MODES: tuple[SearchMode, ...] = ("dense", "lexical", "hybrid")
@@ -83,15 +83,14 @@ def _as_fused(name: str, hits: list[Hit]) -> list[FusedHit]:
 
 
 async def run_search(
-    store: CollectionStore,
+    collection: StoredCollection,
     engine: Engine,
-    name: str,
     request: SearchRequest,
     defaults: SearchDefaults,
     limits: SearchLimits,
     observer: SearchObserver | None = None,
 ) -> SearchResult:
-    """Search one collection (its model already checked against the engine's)."""
+    """Search one collection, looked up already (its model checked against the engine's)."""
     started = time.perf_counter()
     mode = request.mode or defaults.mode
     try:
@@ -109,16 +108,16 @@ async def run_search(
         )
     hits: list[FusedHit]
     if mode == "lexical":
-        hits = _as_fused("lexical", await store.lexical(name, request.query, depth, request.where))
+        hits = _as_fused("lexical", await collection.lexical(request.query, depth, request.where))
     else:
         emb = await engine.embed([request.query], whiten=False, normalize=False)
         if mode == "dense":
-            dense = await store.search(name, emb.vectors, depth, request.where)
+            dense = await collection.search(emb.vectors, depth, request.where)
             hits = _as_fused("dense", dense)
         else:
             wide = max(depth, fusion.candidates)
-            dense = await store.search(name, emb.vectors, wide, request.where)
-            lexical = await store.lexical(name, request.query, wide, request.where)
+            dense = await collection.search(emb.vectors, wide, request.where)
+            lexical = await collection.lexical(request.query, wide, request.where)
             hits = fuse({"dense": dense, "lexical": lexical}, fusion, depth)
     reranked = 0
     if request.rerank and hits:

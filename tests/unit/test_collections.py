@@ -8,10 +8,11 @@ from pathlib import Path
 
 from service.metrics import Metrics
 from service.runtime.collections import Collections
+from service.runtime.search import SearchRequest
 from service.runtime.store.base import Document
 from service.runtime.store.docstore import DocStore
 from service.runtime.store.local import LocalStore
-from service.runtime.store.local_collection import LocalOptions
+from service.runtime.store.local_collection import LocalCollection, LocalOptions
 from service.settings import Settings
 from tests.api.conftest import fake_factory
 from tests.builders import sentences
@@ -66,3 +67,38 @@ def test_a_crash_after_acknowledged_writes_loses_nothing_and_indexes_nothing_twi
     with DocStore(root / "c" / "store.sqlite3").read() as r:
         assert r.meta("snapshot")["seq"] == 15  # recovery wrote a fresh snapshot
         assert r.removed_since(0).tolist() == []  # and pruned the log it covers
+
+
+class CountingStore(LocalStore):
+    """A local store that counts how often a collection is looked up by name."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.lookups = 0
+
+    def collection(self, name: str) -> LocalCollection:
+        self.lookups += 1
+        return super().collection(name)
+
+
+def test_a_search_looks_its_collection_up_once(tmp_path: Path) -> None:
+    docs = [Document(f"d{i}", t) for i, t in enumerate(sentences(8, seed=5))]
+    engine = fake_factory()(Settings(threads=1), Metrics())
+    engine.start()
+
+    async def run() -> None:
+        store = CountingStore(tmp_path / "collections")
+        colls = Collections(store)
+        await colls.open()
+        await colls.upsert("c", engine, batches(docs))
+        for mode in ("dense", "lexical", "hybrid"):
+            store.lookups = 0
+            result = await colls.find("c", engine, SearchRequest(docs[2].text, 3, mode=mode))
+            assert result.hits[0].document.id == "d2"
+            assert store.lookups == 1, mode
+        await colls.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.stop()

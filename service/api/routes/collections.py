@@ -32,7 +32,7 @@ from service.api.schemas import (
     SearchRequest,
     SearchResponse,
 )
-from service.api.validation import check_filter, check_index_params
+from service.api.validation import check_index_params, filter_limits
 from service.errors import (
     BodyTooLargeError,
     TooManyTextsError,
@@ -42,6 +42,7 @@ from service.errors import (
 from service.runtime.fusion import explain
 from service.runtime.search import SearchRequest as SearchQuery
 from service.runtime.store.base import Document
+from service.runtime.store.filters import check_filter
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], route_class=ApiRoute)
 Name = Annotated[
@@ -255,7 +256,7 @@ async def add_documents(
 )
 async def get_document(name: Name, doc_id: str, collections: CollectionsDep) -> dict[str, Any]:
     """One document: id, text and metadata."""
-    doc = await collections.get_document(name, doc_id)
+    doc = await (await collections.get(name)).get_document(doc_id)
     return {"id": doc.id, "text": doc.text, "metadata": doc.metadata}
 
 
@@ -266,7 +267,7 @@ async def get_document(name: Name, doc_id: str, collections: CollectionsDep) -> 
 )
 async def delete_document(name: Name, doc_id: str, collections: CollectionsDep) -> dict[str, Any]:
     """Delete one document; answers once the deletion is durable."""
-    count = await collections.delete_document(name, doc_id)
+    count = await (await collections.get(name)).delete_document(doc_id)
     return {"deleted": doc_id, "count": count}
 
 
@@ -281,10 +282,9 @@ async def search(
 ) -> ORJSONResponse:
     """The k best documents for the query whose metadata match the filter: by meaning
     (dense), by words (lexical, BM25), or both fused (hybrid), optionally reranked."""
-    where = check_filter(body.filter, state.settings)
-    result = await collections.find(
-        name,
-        engine,
+    where = check_filter(body.filter, filter_limits(state.settings))
+    collection = await collections.get(name, engine)
+    result = await collection.find(
         SearchQuery(
             body.query,
             body.k,

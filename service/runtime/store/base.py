@@ -13,7 +13,6 @@ whitenings and reports metrics; it never knows which store it talks to. Stores n
 from __future__ import annotations
 
 import abc
-import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -144,32 +143,6 @@ def valid_name(name: str) -> bool:
     return bool(_NAME.match(name))
 
 
-def matches_nothing(where: Filter | None) -> bool:
-    """A filter no stored document can match: a key or value holding NUL (U+0000), which no
-    store keeps (documents with one are refused), and PostgreSQL cannot even compare."""
-    return any(
-        "\x00" in key or (isinstance(value, str) and "\x00" in value)
-        for key, value in (where or {}).items()
-    )
-
-
-def check_filter(where: Filter | None) -> None:
-    """Filter values a store can compare exactly: finite numbers in int64/float range."""
-    for key, value in (where or {}).items():
-        if isinstance(value, bool) or value is None or isinstance(value, str):
-            continue
-        if isinstance(value, int):
-            if not -(2**63) <= value < 2**63:
-                raise ValidationError(f"filter value of {key!r} is out of range")
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise ValidationError(f"filter value of {key!r} must be finite")
-        else:
-            raise ValidationError(
-                f"filter value of {key!r} must be a string, number, boolean or null"
-            )
-
-
 def embed(white: WhiteningState, dims: int, raw: FloatArray) -> FloatArray:
     """Whitened, cut to `dims`, unit length: what an index holds and queries use."""
     return white.transform.apply(raw, normalize=True, dims=dims)
@@ -220,6 +193,36 @@ class StoreWriter(abc.ABC):
         a no-op after `commit` or a first `abort`."""
 
 
+class StoredCollection(abc.ABC):
+    """One collection as its store found it: what a request reads and writes through, so a
+    request looks its collection up once (`CollectionStore.entry`).
+
+    It holds what the lookup saw (model, stored search defaults); reads and writes go to the
+    collection's current data, as the store's name-based methods would.
+    """
+
+    name: str
+    model: ModelInfo
+    search_overrides: Mapping[str, Any]
+    """The collection's stored search defaults (mode, fusion), as `info()["search"]`."""
+
+    @abc.abstractmethod
+    async def search(self, raw: FloatArray, k: int, where: Filter | None) -> list[Hit]:
+        """As `CollectionStore.search`."""
+
+    @abc.abstractmethod
+    async def lexical(self, query: str, k: int, where: Filter | None) -> list[Hit]:
+        """As `CollectionStore.lexical`."""
+
+    @abc.abstractmethod
+    async def get(self, doc_id: str) -> Document | None:
+        """As `CollectionStore.get`."""
+
+    @abc.abstractmethod
+    async def begin(self) -> StoreWriter:
+        """As `CollectionStore.begin`."""
+
+
 class CollectionStore(abc.ABC):
     """Named collections in one storage engine."""
 
@@ -246,6 +249,10 @@ class CollectionStore(abc.ABC):
     @abc.abstractmethod
     async def create(self, name: str, spec: CollectionSpec) -> bool:
         """Create a collection; False (and no change) when it exists already."""
+
+    @abc.abstractmethod
+    async def entry(self, name: str) -> StoredCollection:
+        """Look a collection up once for a request (`NotFoundError` if there is none)."""
 
     @abc.abstractmethod
     async def model(self, name: str) -> ModelInfo:

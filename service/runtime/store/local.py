@@ -32,12 +32,14 @@ from service.runtime.store.base import (
     Hit,
     ModelInfo,
     NullObserver,
+    StoredCollection,
     StoreWriter,
     WhiteningFitter,
     valid_name,
 )
 from service.runtime.store.docstore import WriteTxn
-from service.runtime.store.local_collection import LocalCollection, LocalOptions, fsync_dir
+from service.runtime.store.local_collection import LocalCollection, LocalOptions
+from service.runtime.store.local_files import fsync_dir
 from service.runtime.types import FloatArray
 
 log = logging.getLogger("simsvc.collections")
@@ -87,6 +89,29 @@ class LocalWriter(StoreWriter):
         if not self._done:
             self._done = True
             self._coll.write_lock.release()
+
+
+class LocalEntry(StoredCollection):
+    """A local collection as a request found it: its open `LocalCollection`."""
+
+    def __init__(self, store: LocalStore, coll: LocalCollection) -> None:
+        self._store = store
+        self._coll = coll
+        self.name = coll.name
+        self.model = coll.model
+        self.search_overrides = dict(coll.search_defaults)
+
+    async def search(self, raw: FloatArray, k: int, where: Filter | None) -> list[Hit]:
+        return await asyncio.to_thread(self._coll.search, raw, k, where)
+
+    async def lexical(self, query: str, k: int, where: Filter | None) -> list[Hit]:
+        return await asyncio.to_thread(self._coll.lexical, query, k, where)
+
+    async def get(self, doc_id: str) -> Document | None:
+        return await asyncio.to_thread(self._coll.get, doc_id)
+
+    async def begin(self) -> StoreWriter:
+        return await self._store.begin_on(self._coll)
 
 
 class LocalStore(CollectionStore):
@@ -163,6 +188,9 @@ class LocalStore(CollectionStore):
             log.info("collection %s created (%s, %d dims)", name, spec.index.kind, spec.dims)
             return True
 
+    async def entry(self, name: str) -> LocalEntry:
+        return LocalEntry(self, self.collection(name))
+
     async def model(self, name: str) -> ModelInfo:
         return self.collection(name).model
 
@@ -221,11 +249,14 @@ class LocalStore(CollectionStore):
     # -- documents -----------------------------------------------------------------------
 
     async def begin(self, name: str) -> StoreWriter:
-        coll = self.collection(name)
+        return await self.begin_on(self.collection(name))
+
+    async def begin_on(self, coll: LocalCollection) -> StoreWriter:
+        """A write transaction on a collection already looked up (waits for its writer)."""
         await coll.write_lock.acquire()
         try:
             if coll.closed:
-                raise NotFoundError(f"no collection named {name!r}")
+                raise NotFoundError(f"no collection named {coll.name!r}")
             txn = await coll.run_write(coll.store.begin)
         except BaseException:
             coll.write_lock.release()

@@ -23,24 +23,14 @@ import contextlib
 import dataclasses
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
-from service.runtime.index import (
-    IVF_MAX_TRAIN_PER_LIST,
-    IndexSpec,
-    VectorIndex,
-    ivf_lists,
-    ivf_min_training,
-)
-from service.runtime.lexical import fts_query
+from service.runtime.index import IndexSpec, ivf_min_training
 from service.runtime.store.base import (
     CollectionObserver,
     CollectionSpec,
@@ -50,15 +40,22 @@ from service.runtime.store.base import (
     ModelInfo,
     WhiteningState,
     embed,
-    top_k,
 )
 from service.runtime.store.docstore import DocStore, WriteTxn
+from service.runtime.store.local_files import (
+    STORE_FILE,
+    durable_replace,
+    fsync_dir,
+    whitening_file,
+    write_durably,
+)
+from service.runtime.store.local_index import IndexView, build_view, catch_up, load_snapshot
+from service.runtime.store.local_search import exact_scan, lexical_search, search_view
 from service.runtime.types import FloatArray
 from service.runtime.whitening import Whitening
 
 log = logging.getLogger("simsvc.collections")
 
-STORE_FILE = "store.sqlite3"
 T = TypeVar("T")
 
 
@@ -74,55 +71,6 @@ class LocalOptions:
     ivf_retrain_growth: float = 4.0
     repair_every_s: float = 60.0
     """A degraded collection retries building its index after a write this often."""
-
-
-@dataclass
-class IndexView:
-    """An index with the whitening and dims its vectors were made with; swapped as a whole."""
-
-    index: VectorIndex
-    whitening: WhiteningState
-    dims: int
-    seq: int
-    """The last store change the index reflects."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def embed(self, raw: FloatArray) -> FloatArray:
-        return embed(self.whitening, self.dims, raw)
-
-    def config(self) -> dict[str, Any]:
-        return {**self.index.spec.as_dict(), "dims": self.dims}
-
-    def layout(self) -> dict[str, Any]:
-        """What a snapshot must match to be loaded for the current config."""
-        return {**self.config(), "whitening": self.whitening.version}
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _durable_replace(tmp: Path, final: Path) -> None:
-    """fsync a finished temporary file, rename it over `final`, fsync the directory."""
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    _durable_replace(tmp, path)
-
-
-def whitening_file(directory: Path, version: int) -> Path:
-    return directory / f"whitening-{version}.npz"
 
 
 class LocalCollection:
@@ -173,7 +121,7 @@ class LocalCollection:
         tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         spec.whitening.save(tmp / "whitening-0.npz.tmp")
-        _durable_replace(tmp / "whitening-0.npz.tmp", whitening_file(tmp, 0))
+        durable_replace(tmp / "whitening-0.npz.tmp", whitening_file(tmp, 0))
         store = DocStore(tmp / STORE_FILE)
         txn = store.begin()
         txn.set_meta("model", dataclasses.asdict(spec.model))
@@ -263,7 +211,7 @@ class LocalCollection:
 
     def _recover(self, snapshot: dict[str, Any] | None) -> None:
         started = time.perf_counter()
-        view = self._load_snapshot(snapshot)
+        view = load_snapshot(self.path, snapshot, self.spec, self.dims, self.whitening)
         rebuilt = view is None
         if view is None:
             view = self.build(self.spec, self.dims, self.whitening)
@@ -278,22 +226,6 @@ class LocalCollection:
                 "index rebuilt" if rebuilt else "snapshot loaded",
                 caught_up,
             )
-
-    def _load_snapshot(self, snapshot: dict[str, Any] | None) -> IndexView | None:
-        if not snapshot:
-            return None
-        expected = {**self.spec.as_dict(), "dims": self.dims, "whitening": self.whitening.version}
-        layout = dict(snapshot["layout"])
-        trained_on = int(layout.pop("trained_on", 0))
-        if layout != expected:
-            return None
-        try:
-            data = (self.path / snapshot["file"]).read_bytes()
-            index = VectorIndex.from_bytes(self.spec, self.dims, data, trained_on)
-        except (OSError, RuntimeError, ValueError) as exc:
-            log.warning("collection %s: snapshot unusable (%s); rebuilding", self.name, exc)
-            return None
-        return IndexView(index, self.whitening, self.dims, int(snapshot["seq"]))
 
     def _clean_files(self) -> None:
         """Remove temporaries, and snapshots and whitenings nothing points to any more."""
@@ -336,37 +268,11 @@ class LocalCollection:
 
     def build(self, spec: IndexSpec, dims: int, white: WhiteningState) -> IndexView:
         """A new view built from every stored raw vector (no re-encoding)."""
-        with self.store.read() as r:
-            seq = r.seq()
-            live = r.count()
-            train = None
-            ivf = spec.kind == "ivf"
-            if ivf and live >= ivf_min_training(spec, self.options.ivf_min_documents):
-                sample = r.sample(ivf_lists(spec, live) * IVF_MAX_TRAIN_PER_LIST)
-                if sample is not None:
-                    train = embed(white, dims, sample)
-            view = IndexView(VectorIndex.create(spec, dims, train, live), white, dims, seq)
-            for seqs, raw in r.vectors():
-                view.index.add(seqs, view.embed(raw))
-        return view
+        return build_view(self.store, spec, dims, white, self.options.ivf_min_documents)
 
     def catch_up(self, view: IndexView) -> int:
         """Apply store changes newer than the view: add new rows, remove removed ones."""
-        with self.store.read() as r:
-            target = r.seq()
-            if target <= view.seq:
-                return 0
-            removed = r.removed_since(view.seq)
-            added = 0
-            for seqs, raw in r.vectors(after=view.seq):
-                vectors = view.embed(raw)
-                with view.lock:
-                    view.index.add(seqs, vectors)
-                added += len(seqs)
-            with view.lock:
-                view.index.remove(removed)
-                view.seq = target
-        return added + len(removed)
+        return catch_up(self.store, view)
 
     def checkpoint(self, view: IndexView, meta: Mapping[str, Any] | None = None) -> None:
         """Write the view as a snapshot (atomically) and point the store at it.
@@ -381,7 +287,7 @@ class LocalCollection:
         with self.store.read() as r:
             previous = (r.meta("snapshot") or {}).get("file")
         name = f"index-{seq:012d}-{uuid.uuid4().hex[:8]}.faiss"
-        _write_durably(self.path / name, data)
+        write_durably(self.path / name, data)
         txn = self.store.begin()
         try:
             for key, value in (meta or {}).items():
@@ -466,7 +372,7 @@ class LocalCollection:
     def save_whitening(self, state: WhiteningState) -> None:
         tmp = self.path / f"whitening-{state.version}.npz.tmp"
         state.transform.save(tmp)
-        _durable_replace(tmp, whitening_file(self.path, state.version))
+        durable_replace(tmp, whitening_file(self.path, state.version))
 
     # -- reads (any thread) --------------------------------------------------------------
 
@@ -494,75 +400,27 @@ class LocalCollection:
             return r.get(doc_id)
 
     def search(self, raw_query: FloatArray, k: int, where: Filter | None) -> list[Hit]:
-        """The k nearest live documents matching the filter.
-
-        Over-fetches by the filter's oversampling and by hnsw's tombstones, widens while
-        too few candidates survive, and falls back to an exact scan of the matching
-        documents when the approximate index runs dry or the candidates grow too many.
-        """
+        """The k nearest live documents matching the filter: through the index view, or by
+        an exact scan of the store while the collection is degraded."""
         started = time.perf_counter()
         view = self.view
-        if view is None:
-            try:
-                query = embed(self.whitening, self.dims, raw_query)
-                return self._exact(self.whitening, self.dims, query, k, where)
-            finally:
-                self._observer.searched("exact", time.perf_counter() - started)
-        query = view.embed(raw_query)
+        kind = "exact" if view is None else view.index.spec.kind
         try:
-            total = view.index.ntotal
-            if total == 0:
-                return []
-            dead = max(0, total - self.store.count)
-            fetch = min(total, k * (self.options.filter_oversample if where else 1) + dead)
-            while True:
-                with view.lock:
-                    scores, ids = view.index.search(query, fetch)
-                found = ids[0] >= 0
-                seqs, values = ids[0][found], scores[0][found]
-                with self.store.read() as r:
-                    docs = r.fetch(seqs.tolist(), where)
-                hits = [
-                    Hit(docs[s], float(v))
-                    for s, v in zip(seqs.tolist(), values.tolist(), strict=True)
-                    if s in docs
-                ]
-                if len(hits) >= k or (fetch >= total and view.index.exact):
-                    return hits[:k]
-                if fetch >= total or fetch >= self.options.max_candidates:
-                    return self._exact(view.whitening, view.dims, query, k, where)
-                fetch = min(total, fetch * 4)
+            if view is None:
+                query = embed(self.whitening, self.dims, raw_query)
+                return exact_scan(self.store, self.whitening, self.dims, query, k, where)
+            o = self.options
+            query = view.embed(raw_query)
+            return search_view(
+                self.store, view, query, k, where, o.filter_oversample, o.max_candidates
+            )
         finally:
-            self._observer.searched(view.index.spec.kind, time.perf_counter() - started)
+            self._observer.searched(kind, time.perf_counter() - started)
 
     def lexical(self, query: str, k: int, where: Filter | None) -> list[Hit]:
         """The k best BM25 matches of the query's analysed terms (FTS5's bm25())."""
         started = time.perf_counter()
         try:
-            match = fts_query(self.store.analyzer, query)
-            if match is None:
-                return []
-            with self.store.read() as r:
-                rows = r.lexical(match, k, where)
-            return [Hit(doc, score) for _, doc, score in rows]
+            return lexical_search(self.store, query, k, where)
         finally:
             self._observer.searched("lexical", time.perf_counter() - started)
-
-    def _exact(
-        self, white: WhiteningState, dims: int, query: FloatArray, k: int, where: Filter | None
-    ) -> list[Hit]:
-        """Score every matching stored vector: memory bounded by one chunk plus k."""
-        best_scores = np.empty(0, dtype=np.float32)
-        best_seqs = np.empty(0, dtype=np.int64)
-        with self.store.read() as r:
-            for seqs, raw in r.vectors(where=where):
-                scores = np.concatenate([best_scores, embed(white, dims, raw) @ query[0]])
-                all_seqs = np.concatenate([best_seqs, seqs])
-                keep = top_k(scores, k)
-                best_scores, best_seqs = scores[keep], all_seqs[keep]
-            docs = r.fetch(best_seqs.tolist())
-        return [
-            Hit(docs[s], float(v))
-            for s, v in zip(best_seqs.tolist(), best_scores.tolist(), strict=True)
-            if s in docs
-        ]

@@ -17,17 +17,11 @@ The database going away: every call answers 503 (`store_unavailable`), `/ready` 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
-import numpy as np
-
-from service.errors import NotFoundError, ValidationError
 from service.runtime.index import IndexSpec, ivf_lists
 from service.runtime.store.base import (
     CollectionObserver,
@@ -38,46 +32,29 @@ from service.runtime.store.base import (
     Hit,
     ModelInfo,
     NullObserver,
-    StoreUnavailableError,
+    StoredCollection,
     StoreWriter,
     WhiteningFitter,
     WhiteningState,
     embed,
 )
-from service.runtime.store.postgres_rebuild import Rebuilder
-from service.runtime.store.postgres_schema import (
-    COLUMNS,
-    STAGING,
-    Row,
-    create_docs_table,
-    docs_table,
-    jsonb,
-    q,
+from service.runtime.store.postgres_catalog import (
+    Whitenings,
+    catalog_row,
+    insert_whitening,
+    set_local,
 )
+from service.runtime.store.postgres_pool import PostgresOptions, PostgresPool
+from service.runtime.store.postgres_rebuild import Rebuilder
+from service.runtime.store.postgres_schema import Row, create_docs_table, docs_table, jsonb, q
 from service.runtime.store.postgres_search import bm25, nearest
 from service.runtime.store.postgres_writer import PostgresWriter
 from service.runtime.types import FloatArray
-from service.runtime.whitening import Whitening
+
+__all__ = ["PostgresOptions", "PostgresStore"]
 
 log = logging.getLogger("simsvc.collections")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class PostgresOptions:
-    """Connection and policy settings of the PostgreSQL store (all settings)."""
-
-    url: str
-    pool_min: int = 1
-    pool_max: int = 10
-    connect_timeout_s: float = 5.0
-    pool_timeout_s: float = 10.0
-    statement_timeout_s: float = 30.0
-    maintenance_timeout_s: float = 3600.0
-    health_interval_s: float = 2.0
-    ivf_min_documents: int = 1000
-    ivf_retrain_growth: float = 4.0
-    copy_chunk: int = 2048
 
 
 class PostgresStore(CollectionStore):
@@ -88,237 +65,61 @@ class PostgresStore(CollectionStore):
     def __init__(self, options: PostgresOptions, observer: CollectionObserver | None = None):
         self.options = options
         self.observer: CollectionObserver = observer or NullObserver()
-        self._pool: Any = None
-        self._problem: str | None = "connecting to the database"
-        self._whitenings: dict[tuple[int, int], WhiteningState] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._health: asyncio.Task[None] | None = None
-        self._rebuilder = Rebuilder(self)
+        self._pool = PostgresPool(options)
+        self._whitenings = Whitenings()
+        self._rebuilder = Rebuilder(self._pool, self._whitenings, self.observer)
 
     # -- life cycle ----------------------------------------------------------------------
 
     @property
     def problem(self) -> str | None:
-        return self._problem
-
-    def spawn(self, aw: Awaitable[Any]) -> None:
-        """Run a coroutine in the background, keeping a reference until it ends."""
-        task = asyncio.ensure_future(aw)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        return self._pool.problem
 
     async def open(self) -> None:
         """Migrate and open the pool; a database not reachable yet is retried in the
         background (the service starts and `/ready` says why it is not ready)."""
-        try:
-            await self._prepare()
-        except Exception as exc:  # noqa: BLE001 - reported by /ready, retried by the probe
-            self._down(exc)
-        self._health = asyncio.create_task(self._probe())
-
-    async def _prepare(self) -> None:
-        import psycopg
-        from psycopg_pool import AsyncConnectionPool
-
-        from service.runtime.store.postgres_schema import migrate
-
-        async with await psycopg.AsyncConnection.connect(
-            self.options.url, autocommit=True, connect_timeout=self._connect_timeout()
-        ) as conn:
-            version = await migrate(conn)
-        pool = AsyncConnectionPool(
-            self.options.url,
-            min_size=self.options.pool_min,
-            max_size=self.options.pool_max,
-            timeout=self.options.pool_timeout_s,
-            kwargs={"autocommit": True, "connect_timeout": self._connect_timeout()},
-            configure=self._configure,
-            check=AsyncConnectionPool.check_connection,
-            open=False,
-            name="simsvc",
-        )
-        await pool.open(wait=False)
-        self._pool = pool
-        self._problem = None
-        log.info("postgres store ready (schema version %d)", version)
-
-    def _connect_timeout(self) -> int:
-        return max(1, round(self.options.connect_timeout_s))
-
-    async def _configure(self, conn: Any) -> None:
-        from pgvector.psycopg import register_vector_async
-
-        await register_vector_async(conn)
-        ms = str(round(self.options.statement_timeout_s * 1000))
-        await conn.execute("SELECT set_config('statement_timeout', %s, false)", (ms,))
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} (id text, text text, metadata jsonb, "
-            "raw bytea, emb vector, tf jsonb, lex_len integer) ON COMMIT DELETE ROWS"
-        )
-
-    async def _probe(self) -> None:
-        """Keep `problem` current: the readiness probe and the switch back after an outage."""
-        while True:
-            await asyncio.sleep(self.options.health_interval_s)
-            try:
-                if self._pool is None:
-                    await self._prepare()
-                    continue
-                async with self._pool.connection(timeout=self.options.connect_timeout_s) as c:
-                    await c.execute("SELECT 1")
-                if self._problem is not None:
-                    log.info("database reachable again")
-                self._problem = None
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure means "not available"
-                self._down(exc)
-
-    def _down(self, exc: BaseException) -> None:
-        message = f"database unavailable: {type(exc).__name__}: {exc}".strip()
-        if self._problem != message:
-            log.error("%s", message)
-        self._problem = message
+        await self._pool.open()
 
     async def close(self) -> None:
-        if self._health is not None:
-            self._health.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
-
-    @contextlib.contextmanager
-    def errors(self) -> Iterator[None]:
-        """Database failures as service errors: unreachable or timed out -> 503."""
-        import psycopg
-        from psycopg_pool import PoolTimeout
-
-        try:
-            yield
-        except PoolTimeout as exc:
-            self._down(exc)
-            raise StoreUnavailableError(
-                "no database connection became free in time: the database is down or "
-                "overloaded; retry later"
-            ) from exc
-        except psycopg.errors.QueryCanceled as exc:
-            raise StoreUnavailableError(
-                f"the database did not answer within the statement timeout "
-                f"({self.options.statement_timeout_s:g} s); retry later"
-            ) from exc
-        except psycopg.OperationalError as exc:
-            self._down(exc)
-            raise StoreUnavailableError(f"database unavailable: {exc}") from exc
-        except psycopg.DataError as exc:
-            raise ValidationError(f"the database refused the data: {exc}") from exc
-
-    def need_pool(self) -> Any:
-        if self._pool is None:
-            raise StoreUnavailableError(f"the store is not ready: {self._problem}")
-        return self._pool
-
-    async def release(self, conn: Any, rollback: bool = False) -> None:
-        """Return a writer's connection to the pool (rolled back when asked)."""
-        try:
-            if rollback and not conn.closed:
-                await conn.execute("ROLLBACK")
-        except Exception:
-            log.debug("rollback failed", exc_info=True)
-        finally:
-            if self._pool is not None:
-                await self._pool.putconn(conn)
-
-    # -- the catalog ---------------------------------------------------------------------
-
-    @staticmethod
-    async def set_local(conn: Any, key: str, value: object) -> None:
-        """A setting for the rest of the transaction."""
-        await conn.execute("SELECT set_config(%s, %s, true)", (key, str(value)))
-
-    async def row(self, conn: Any, name: str, lock: str = "") -> Row:
-        """A collection's catalog row (`lock`: e.g. FOR UPDATE)."""
-        cur = await conn.execute(
-            f"SELECT {COLUMNS} FROM simsvc_collections WHERE name = %s {lock}", (name,)
-        )
-        found = await cur.fetchone()
-        if found is None:
-            raise NotFoundError(f"no collection named {name!r}")
-        return Row.parse(found)
-
-    async def whitening(self, conn: Any, cid: int, version: int) -> WhiteningState:
-        """A whitening version (cached: a version never changes once written)."""
-        key = (cid, version)
-        state = self._whitenings.get(key)
-        if state is None:
-            cur = await conn.execute(
-                "SELECT source, documents, dims_in, dims_out, mu, w FROM simsvc_whitenings "
-                "WHERE collection = %s AND version = %s",
-                key,
-            )
-            found = await cur.fetchone()
-            if found is None:
-                raise NotFoundError(f"collection {cid} has no whitening version {version}")
-            source, documents, dims_in, dims_out, mu, w = found
-            if w is None:
-                transform = Whitening.identity(int(dims_in))
-            else:
-                transform = Whitening(
-                    int(dims_in),
-                    np.frombuffer(mu, dtype=np.float32).copy(),
-                    np.frombuffer(w, dtype=np.float32).reshape(int(dims_in), int(dims_out)).copy(),
-                )
-            state = WhiteningState(transform, version, source, int(documents))
-            self._whitenings[key] = state
-        return state
-
-    @staticmethod
-    async def insert_whitening(conn: Any, cid: int, state: WhiteningState) -> None:
-        t = state.transform
-        await conn.execute(
-            "INSERT INTO simsvc_whitenings (collection, version, source, documents, dims_in, "
-            "dims_out, mu, w) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                cid,
-                state.version,
-                state.source,
-                state.documents,
-                t.dims_in,
-                t.dims_out,
-                None if t.mu is None else np.ascontiguousarray(t.mu, np.float32).tobytes(),
-                None if t.w is None else np.ascontiguousarray(t.w, np.float32).tobytes(),
-            ),
-        )
+        await self._pool.close()
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def _read(self, name: str, fn: Callable[[Any, Row], Awaitable[T]]) -> T:
-        """Run `fn` in a read-only snapshot; again if a rebuild swapped the table away."""
+    async def _read(
+        self, name: str, fn: Callable[[Any, Row], Awaitable[T]], row: Row | None = None
+    ) -> T:
+        """Run `fn` in a read-only snapshot, on `row` when the request looked the collection
+        up already, else on the row as of the snapshot; again, on a fresh row, if a rebuild
+        swapped the table away."""
         import psycopg
 
-        pool = self.need_pool()
+        pool = self._pool.need_pool()
         for attempt in range(3):
             try:
-                with self.errors():
+                with self._pool.errors():
                     async with pool.connection() as conn, conn.transaction():
                         await conn.execute(
                             "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
                         )
-                        return await fn(conn, await self.row(conn, name))
+                        return await fn(conn, row or await catalog_row(conn, name))
             except psycopg.errors.UndefinedTable:
+                row = None
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     async def names(self) -> list[str]:
-        pool = self.need_pool()
-        with self.errors():
+        pool = self._pool.need_pool()
+        with self._pool.errors():
             async with pool.connection() as conn:
                 cur = await conn.execute("SELECT name FROM simsvc_collections ORDER BY name")
                 return [r[0] for r in await cur.fetchall()]
+
+    async def entry(self, name: str) -> PostgresEntry:
+        async def read(conn: Any, row: Row) -> Row:
+            return row
+
+        return PostgresEntry(self, await self._read(name, read))
 
     async def model(self, name: str) -> ModelInfo:
         async def read(conn: Any, row: Row) -> ModelInfo:
@@ -334,7 +135,7 @@ class PostgresStore(CollectionStore):
 
     async def info(self, name: str) -> dict[str, Any]:
         async def read(conn: Any, row: Row) -> dict[str, Any]:
-            white = await self.whitening(conn, row.id, row.whitening)
+            white = await self._whitenings.get(conn, row.id, row.whitening)
             index: dict[str, Any] = {**row.spec.as_dict(), "vectors": row.count}
             if row.spec.kind == "ivf":
                 index["trained_on"] = row.trained_on
@@ -366,7 +167,9 @@ class PostgresStore(CollectionStore):
 
         return await self._read(name, read)
 
-    async def get(self, name: str, doc_id: str) -> Document | None:
+    async def get(self, name: str, doc_id: str, row: Row | None = None) -> Document | None:
+        """One document (on the row a request looked up, when given)."""
+
         async def read(conn: Any, row: Row) -> Document | None:
             cur = await conn.execute(
                 q("SELECT text, metadata FROM {t} WHERE id = %s", t=row.tbl), (doc_id,)
@@ -374,54 +177,60 @@ class PostgresStore(CollectionStore):
             found = await cur.fetchone()
             return None if found is None else Document(doc_id, found[0], found[1])
 
-        return await self._read(name, read)
+        return await self._read(name, read, row)
 
-    async def search(self, name: str, raw: FloatArray, k: int, where: Filter | None) -> list[Hit]:
+    async def search(
+        self, name: str, raw: FloatArray, k: int, where: Filter | None, row: Row | None = None
+    ) -> list[Hit]:
+        """The nearest documents (on the row a request looked up, when given)."""
         started = time.perf_counter()
         kind = "flat"
 
         async def read(conn: Any, row: Row) -> list[Hit]:
             nonlocal kind
             kind = row.spec.kind
-            white = await self.whitening(conn, row.id, row.whitening)
+            white = await self._whitenings.get(conn, row.id, row.whitening)
             query = embed(white, row.dims, raw)[0]
             params = row.spec.params
             approximate = row.spec.kind == "hnsw" or (row.spec.kind == "ivf" and row.trained_on)
             if row.spec.kind == "hnsw":
-                await self.set_local(conn, "hnsw.ef_search", max(params["ef_search"], k))
-                await self.set_local(conn, "hnsw.iterative_scan", "relaxed_order")
+                await set_local(conn, "hnsw.ef_search", max(params["ef_search"], k))
+                await set_local(conn, "hnsw.iterative_scan", "relaxed_order")
             elif approximate:
                 lists = ivf_lists(row.spec, row.trained_on)
-                await self.set_local(conn, "ivfflat.probes", min(params["nprobe"], lists))
-                await self.set_local(conn, "ivfflat.iterative_scan", "relaxed_order")
+                await set_local(conn, "ivfflat.probes", min(params["nprobe"], lists))
+                await set_local(conn, "ivfflat.iterative_scan", "relaxed_order")
             hits = await nearest(conn, row.tbl, query, k, where)
             if approximate and len(hits) < min(k, row.count):
                 # The approximate scan ran dry (a selective filter): scan exactly.
-                await self.set_local(conn, "enable_indexscan", "off")
+                await set_local(conn, "enable_indexscan", "off")
                 hits = await nearest(conn, row.tbl, query, k, where)
             return hits
 
         try:
-            return await self._read(name, read)
+            return await self._read(name, read, row)
         finally:
             self.observer.searched(kind, time.perf_counter() - started)
 
-    async def lexical(self, name: str, query: str, k: int, where: Filter | None) -> list[Hit]:
+    async def lexical(
+        self, name: str, query: str, k: int, where: Filter | None, row: Row | None = None
+    ) -> list[Hit]:
+        """The best BM25 matches (on the row a request looked up, when given)."""
         started = time.perf_counter()
 
         async def read(conn: Any, row: Row) -> list[Hit]:
             return await bm25(conn, row, query, k, where)
 
         try:
-            return await self._read(name, read)
+            return await self._read(name, read, row)
         finally:
             self.observer.searched("lexical", time.perf_counter() - started)
 
     # -- writes --------------------------------------------------------------------------
 
     async def create(self, name: str, spec: CollectionSpec) -> bool:
-        pool = self.need_pool()
-        with self.errors():
+        pool = self._pool.need_pool()
+        with self._pool.errors():
             async with pool.connection() as conn, conn.transaction():
                 model = spec.model
                 cur = await conn.execute(
@@ -454,23 +263,22 @@ class PostgresStore(CollectionStore):
                     "UPDATE simsvc_collections SET tbl = %s WHERE id = %s", (tbl, cid)
                 )
                 source = "bundle" if spec.whitening.fitted else "identity"
-                await self.insert_whitening(conn, cid, WhiteningState(spec.whitening, 0, source))
+                await insert_whitening(conn, cid, WhiteningState(spec.whitening, 0, source))
                 if spec.index.kind == "hnsw":
                     await self._rebuilder.create_index(conn, tbl, spec.index, 0)
         log.info("collection %s created (%s, %d dims)", name, spec.index.kind, spec.dims)
         return True
 
     async def drop(self, name: str, *, if_empty: bool = False) -> bool:
-        pool = self.need_pool()
-        with self.errors():
+        pool = self._pool.need_pool()
+        with self._pool.errors():
             async with pool.connection() as conn, conn.transaction():
-                ms = str(round(self.options.maintenance_timeout_s * 1000))
-                await self.set_local(conn, "statement_timeout", ms)
-                row = await self.row(conn, name)
+                await set_local(conn, "statement_timeout", self.options.maintenance_ms())
+                row = await catalog_row(conn, name)
                 # The exclusive lock first, the row after: a writer holds its shared lock
                 # and takes the row at commit, so the other order could deadlock.
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (row.id,))
-                row = await self.row(conn, name, "FOR UPDATE")
+                row = await catalog_row(conn, name, "FOR UPDATE")
                 if if_empty and row.count:
                     return False
                 await conn.execute("DELETE FROM simsvc_collections WHERE id = %s", (row.id,))
@@ -480,20 +288,20 @@ class PostgresStore(CollectionStore):
         return True
 
     async def begin(self, name: str) -> StoreWriter:
-        pool = self.need_pool()
-        with self.errors():
+        pool = self._pool.need_pool()
+        with self._pool.errors():
             conn = await pool.getconn()
         try:
-            with self.errors():
+            with self._pool.errors():
                 await conn.execute("BEGIN")
-                row = await self.row(conn, name)
+                row = await catalog_row(conn, name)
                 await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (row.id,))
-                row = await self.row(conn, name)  # as of now: a rebuild may have just ended
-                white = await self.whitening(conn, row.id, row.whitening)
+                row = await catalog_row(conn, name)  # as of now: a rebuild may have just ended
+                white = await self._whitenings.get(conn, row.id, row.whitening)
         except BaseException:
-            await self.release(conn, rollback=True)
+            await self._pool.release(conn, rollback=True)
             raise
-        return PostgresWriter(self, conn, row, white)
+        return PostgresWriter(self._pool, conn, row, white, self.observer, self.maintain)
 
     # -- rebuilds ------------------------------------------------------------------------
 
@@ -514,3 +322,28 @@ class PostgresStore(CollectionStore):
 
     async def refit(self, name: str, fitter: WhiteningFitter) -> None:
         await self._rebuilder.rebuild(name, "refit", fitter=fitter)
+
+
+class PostgresEntry(StoredCollection):
+    """A collection as a request found it: its catalog row, read once. Reads run on that
+    row (a fresh one if a rebuild swapped its table meanwhile); writes take the lock and
+    read the row again, as every writer does."""
+
+    def __init__(self, store: PostgresStore, row: Row) -> None:
+        self._store = store
+        self._row = row
+        self.name = row.name
+        self.model = row.model
+        self.search_overrides = dict(row.search)
+
+    async def search(self, raw: FloatArray, k: int, where: Filter | None) -> list[Hit]:
+        return await self._store.search(self.name, raw, k, where, self._row)
+
+    async def lexical(self, query: str, k: int, where: Filter | None) -> list[Hit]:
+        return await self._store.lexical(self.name, query, k, where, self._row)
+
+    async def get(self, doc_id: str) -> Document | None:
+        return await self._store.get(self.name, doc_id, self._row)
+
+    async def begin(self) -> StoreWriter:
+        return await self._store.begin(self.name)

@@ -16,14 +16,26 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from service.errors import ConflictError
 from service.runtime.index import IndexSpec, ivf_lists, ivf_min_training
 from service.runtime.lexical import term_counts
-from service.runtime.store.base import WhiteningFitter, WhiteningState, embed
+from service.runtime.store.base import (
+    CollectionObserver,
+    WhiteningFitter,
+    WhiteningState,
+    embed,
+)
+from service.runtime.store.postgres_catalog import (
+    Whitenings,
+    catalog_row,
+    insert_whitening,
+    set_local,
+)
+from service.runtime.store.postgres_pool import PostgresPool
 from service.runtime.store.postgres_schema import (
     Row,
     create_docs_table,
@@ -35,9 +47,6 @@ from service.runtime.store.postgres_schema import (
 )
 from service.runtime.store.postgres_writer import COPY_COLUMNS, COPY_TYPES
 from service.runtime.types import FloatArray
-
-if TYPE_CHECKING:
-    from service.runtime.store.postgres import PostgresStore
 
 log = logging.getLogger("simsvc.collections")
 
@@ -51,14 +60,15 @@ def index_changed(old: IndexSpec, new: IndexSpec) -> bool:
 
 
 class Rebuilder:
-    """The store's rebuilds; it borrows the store's pool, errors and catalog reads."""
+    """The store's rebuilds; it borrows the store's pool and whitening cache."""
 
-    def __init__(self, store: PostgresStore) -> None:
-        self.store = store
-        self.options = store.options
-
-    def _maintenance_ms(self) -> str:
-        return str(round(self.options.maintenance_timeout_s * 1000))
+    def __init__(
+        self, pool: PostgresPool, whitenings: Whitenings, observer: CollectionObserver
+    ) -> None:
+        self.pool = pool
+        self.options = pool.options
+        self.whitenings = whitenings
+        self.observer = observer
 
     async def rebuild(
         self,
@@ -73,19 +83,18 @@ class Rebuilder:
         force_index: bool = False,
     ) -> None:
         """Change whatever is asked in one transaction, writes held off meanwhile."""
-        store = self.store
-        pool = store.need_pool()
+        pool = self.pool.need_pool()
         started = time.perf_counter()
-        with store.errors():
+        with self.pool.errors():
             async with pool.connection() as conn, conn.transaction():
-                await store.set_local(conn, "statement_timeout", self._maintenance_ms())
-                row = await store.row(conn, name)
+                await set_local(conn, "statement_timeout", self.options.maintenance_ms())
+                row = await catalog_row(conn, name)
                 # The exclusive lock first, the row after: a writer holds its shared lock
                 # and takes the row at commit, so the other order could deadlock.
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (row.id,))
-                row = await store.row(conn, name, "FOR UPDATE")
+                row = await catalog_row(conn, name, "FOR UPDATE")
                 new_spec, new_dims = spec or row.spec, dims or row.dims
-                white = await store.whitening(conn, row.id, row.whitening)
+                white = await self.whitenings.get(conn, row.id, row.whitening)
                 if fitter is not None:
                     white = await self._fit(conn, row, fitter, new_dims)
                 tbl, gen, trained = row.tbl, row.generation, row.trained_on
@@ -123,7 +132,7 @@ class Rebuilder:
                     ),
                 )
         seconds = time.perf_counter() - started
-        store.observer.rebuilt(reason, seconds)
+        self.observer.rebuilt(reason, seconds)
         log.info("collection %s: rebuilt (%s) in %.2fs", name, reason, seconds)
 
     async def maintain(self, name: str, count: int) -> None:
@@ -131,14 +140,15 @@ class Rebuilder:
 
         The write is durable already, so a failure is logged, not answered."""
         try:
-            spec, _ = await self.store.index_spec(name)
-            if spec.kind != "ivf":
+            pool = self.pool.need_pool()
+            with self.pool.errors():
+                async with pool.connection() as conn:
+                    row = await catalog_row(conn, name)
+            if row.spec.kind != "ivf":
                 return
-            info = await self.store.info(name)
-            trained = int(info["index"]["trained_on"])
-            need = ivf_min_training(spec, self.options.ivf_min_documents)
-            if count >= max(need, self.options.ivf_retrain_growth * trained):
-                await self.rebuild(name, "train", spec=spec, force_index=True)
+            need = ivf_min_training(row.spec, self.options.ivf_min_documents)
+            if count >= max(need, self.options.ivf_retrain_growth * row.trained_on):
+                await self.rebuild(name, "train", spec=row.spec, force_index=True)
         except Exception as exc:  # noqa: BLE001 - the write stands; the next one retries
             log.error("collection %s: ivf training failed: %s", name, exc)
 
@@ -167,12 +177,11 @@ class Rebuilder:
 
     async def _fit(self, conn: Any, row: Row, fitter: WhiteningFitter, dims: int) -> WhiteningState:
         """A new whitening version from the fitter, checked and stored."""
-        store = self.store
         cur = await conn.execute(
             "SELECT max(version) FROM simsvc_whitenings WHERE collection = %s", (row.id,)
         )
         version = int((await cur.fetchone())[0]) + 1
-        original = await store.whitening(conn, row.id, 0)
+        original = await self.whitenings.get(conn, row.id, 0)
         white = await asyncio.to_thread(
             fitter, self._raw_chunks(row.tbl), original.transform, version
         )
@@ -181,7 +190,7 @@ class Rebuilder:
                 f"collection {row.name!r} has {dims} dims; the {white.source} whitening "
                 f"yields {white.transform.dims_out}: lower dims first"
             )
-        await store.insert_whitening(conn, row.id, white)
+        await insert_whitening(conn, row.id, white)
         return white
 
     async def _copy_rewhitened(
@@ -226,7 +235,7 @@ class Rebuilder:
         """Raw vectors of a table, chunk by chunk, on a connection of its own (the fitter
         runs in a worker thread; the rebuild's lock keeps the table still meanwhile)."""
         url, chunk = self.options.url, self.options.copy_chunk
-        timeout = max(1, round(self.options.connect_timeout_s))
+        timeout = self.options.connect_timeout()
 
         def chunks() -> Iterator[FloatArray]:
             import psycopg

@@ -8,29 +8,46 @@ adds to the catalog at commit is exact even with concurrent writers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from service.errors import ValidationError
 from service.runtime.lexical import term_counts
-from service.runtime.store.base import Document, StoreWriter, WhiteningState, embed
+from service.runtime.store.base import (
+    CollectionObserver,
+    Document,
+    StoreWriter,
+    WhiteningState,
+    embed,
+)
+from service.runtime.store.postgres_pool import PostgresPool
 from service.runtime.store.postgres_schema import STAGING, Row, jsonb, q
 from service.runtime.types import FloatArray
-
-if TYPE_CHECKING:
-    from service.runtime.store.postgres import PostgresStore
 
 COPY_TYPES = ["text", "text", "jsonb", "bytea", "vector", "jsonb", "int4"]
 COPY_COLUMNS = "id, text, metadata, raw, emb, tf, lex_len"
 
 
 class PostgresWriter(StoreWriter):
-    """One write transaction on one connection, under the collection's shared lock."""
+    """One write transaction on one connection, under the collection's shared lock.
 
-    def __init__(self, store: PostgresStore, conn: Any, row: Row, white: WhiteningState) -> None:
-        self._store = store
+    `after_commit(name, count)` runs once the transaction is committed (the store's ivf
+    training check); the write stands whatever it does."""
+
+    def __init__(
+        self,
+        pool: PostgresPool,
+        conn: Any,
+        row: Row,
+        white: WhiteningState,
+        observer: CollectionObserver,
+        after_commit: Callable[[str, int], Awaitable[None]],
+    ) -> None:
+        self._pool = pool
+        self._observer = observer
+        self._after_commit = after_commit
         self._conn = conn
         self._row = row
         self._white = white
@@ -49,7 +66,7 @@ class PostgresWriter(StoreWriter):
         raw32 = np.ascontiguousarray(raw, dtype=np.float32)
         lexical = [term_counts(self._row.analyzer, doc.text) for doc in docs]
         t = self._row.tbl
-        with self._store.errors():
+        with self._pool.errors():
             async with self._conn.cursor() as cur:
                 # Lock the rows this replaces: their lexical sizes leave the total exactly.
                 await cur.execute(
@@ -82,7 +99,7 @@ class PostgresWriter(StoreWriter):
         self._changes += len(docs)
 
     async def delete(self, doc_id: str) -> bool:
-        with self._store.errors():
+        with self._pool.errors():
             cur = await self._conn.execute(
                 q("DELETE FROM {t} WHERE id = %s RETURNING lex_len", t=self._row.tbl), (doc_id,)
             )
@@ -96,7 +113,7 @@ class PostgresWriter(StoreWriter):
 
     async def commit(self) -> int:
         try:
-            with self._store.errors():
+            with self._pool.errors():
                 cur = await self._conn.execute(
                     "UPDATE simsvc_collections SET seq = seq + %s, count = count + %s, "
                     "lex_total = lex_total + %s WHERE id = %s RETURNING count, lex_total",
@@ -108,13 +125,13 @@ class PostgresWriter(StoreWriter):
             self.abort()
             raise
         self._done = True
-        await self._store.release(self._conn)
-        self._store.observer.documents(self._row.name, count)
-        self._store.observer.lexical_terms(self._row.name, lex_total)
-        await self._store.maintain(self._row.name, count)
+        await self._pool.release(self._conn)
+        self._observer.documents(self._row.name, count)
+        self._observer.lexical_terms(self._row.name, lex_total)
+        await self._after_commit(self._row.name, count)
         return count
 
     def abort(self) -> None:
         if not self._done:
             self._done = True
-            self._store.spawn(self._store.release(self._conn, rollback=True))
+            self._pool.spawn(self._pool.release(self._conn, rollback=True))
