@@ -281,7 +281,8 @@ def test_checker_resolves_lazy_relative_and_type_checking_imports(tmp_path: Path
 def test_the_project_graph_is_read() -> None:
     """A guard against a checker that sees nothing (and so passes everything)."""
     pairs = {(e.importer, e.imported) for e in import_graph(ROOT)}
-    assert ("models.build", "service.runtime.bundle") in pairs
+    assert any(matches(a, "models") and matches(b, "service.runtime") for a, b in pairs)
+    assert any(matches(a, "service.api") and matches(b, "service.runtime") for a, b in pairs)
     assert len(pairs) > 100
 
 
