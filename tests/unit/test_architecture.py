@@ -222,7 +222,7 @@ def violations(rule: Rule, edges: list[Import]) -> list[Import]:
             bad = any(matches(e.imported, f) for f in rule.forbids)
         if bad:
             out.append(e)
-    return out
+    return sorted(out, key=lambda e: (str(e.path), e.line))
 
 
 def long_files(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[str]:
