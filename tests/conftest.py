@@ -7,6 +7,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -204,16 +205,57 @@ def postgres_server() -> Iterator[Any]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.fixture
-def postgres_url(postgres_server: Any) -> Iterator[str]:
-    """A fresh, empty database on the session's server; dropped afterwards."""
+TEMPLATE_DB = "simsvc_template"
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server: Any) -> str:
+    """A database migrated once to the store's schema: each test's database is a copy of it
+    (CREATE DATABASE ... TEMPLATE), not a fresh run of the migrations."""
+    import asyncio
+
+    import psycopg
+
+    from service.runtime.store.postgres_schema import migrate
+
+    async def migrate_template() -> None:
+        url = postgres_server.get_uri(database=TEMPLATE_DB)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await migrate(conn)
+
+    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    asyncio.run(migrate_template())  # closes its connection: a template must have none
+    return TEMPLATE_DB
+
+
+@contextmanager
+def _database(server: Any, template: str | None) -> Iterator[str]:
     import uuid
 
     import psycopg
 
     name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield str(postgres_server.get_uri(database=name))
-    with psycopg.connect(postgres_server.get_uri(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    copy = f' TEMPLATE "{template}"' if template else ""
+    with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
+    try:
+        yield str(server.get_uri(database=name))
+    finally:
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any, postgres_template: str) -> Iterator[str]:
+    """A fresh database on the session's server, at the store's schema and holding no
+    collection (a copy of the template); dropped afterwards."""
+    with _database(postgres_server, postgres_template) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_postgres_url(postgres_server: Any) -> Iterator[str]:
+    """A fresh database without the store's schema, for tests of the migrations themselves."""
+    with _database(postgres_server, None) as url:
+        yield url

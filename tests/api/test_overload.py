@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 import zlib
@@ -21,6 +22,7 @@ from service.runtime.types import FloatArray
 from service.settings import Settings
 from tests.api.conftest import DIMS, fake_factory
 from tests.fakes import FakeEncoder
+from tests.polling import until, wait_until
 from tests.serving import live_server, running_server
 
 
@@ -59,6 +61,13 @@ def distinct_words(prefix: str, count: int) -> list[str]:
     raise AssertionError("not enough distinct words")
 
 
+def _sample(url: str, name: str) -> float:
+    """One unlabelled sample of the service's /metrics."""
+    found = re.search(rf"^{name} (\S+)$", httpx.get(f"{url}/metrics").text, re.M)
+    assert found, name
+    return float(found.group(1))
+
+
 def _settings(**update: object) -> Settings:
     base = Settings(
         max_texts_per_request=64,
@@ -86,13 +95,25 @@ def test_the_work_of_a_client_that_timed_out_is_not_done() -> None:
         async def main() -> int:
             async with httpx.AsyncClient(base_url=url) as client:
                 first = asyncio.create_task(client.post("/embed", json={"inputs": busy}))
-                await asyncio.sleep(0.05)
+                await until(
+                    lambda: any(core.encoded.get(word_id(w)) for w in busy_words),
+                    10,
+                    "the busy request's first batch started",
+                )
                 with contextlib.suppress(httpx.TimeoutException):
                     await client.post("/embed", json={"inputs": gone}, timeout=0.1)
                 return (await first).status_code
 
         assert asyncio.run(main()) == 200
-        time.sleep(0.3)
+        # Whatever would still encode the abandoned texts has run once the queue is empty.
+        wait_until(
+            lambda: (
+                _sample(url, "simsvc_abandoned_texts_total") == 64
+                and _sample(url, "simsvc_queue_depth") == 0
+            ),
+            10,
+            "the abandoned request counted and the queue drained",
+        )
         metrics = httpx.get(f"{url}/metrics").text
     assert sum(core.encoded.get(word_id(w), 0) for w in busy_words) == 64
     encoded = sum(core.encoded.get(word_id(w), 0) for w in gone_words)
@@ -158,7 +179,8 @@ def test_bounded_overload_degrades_gracefully() -> None:
                 )
 
         asyncio.run(main())
-        time.sleep(0.5)  # let the last cancellations land
+        # The last cancellations have landed once the queue is empty.
+        wait_until(lambda: _sample(url, "simsvc_queue_depth") == 0, 30, "the queue drained")
         metrics = httpx.get(f"{url}/metrics").text
     assert not any(s >= 500 for s in tally.statuses), tally.statuses
     assert tally.statuses.get(200, 0) > 0 and tally.statuses.get(429, 0) > 0, tally.statuses
@@ -199,7 +221,14 @@ def test_shutdown_ends_within_its_timeout_under_load() -> None:
         async def main() -> None:
             async with httpx.AsyncClient(base_url=live.url) as http:
                 tasks = [asyncio.create_task(client(http, n)) for n in range(20)]
-                await asyncio.sleep(0.5)
+                # All 320 texts admitted (queued, or taken into a batch) before the SIGTERM.
+                await until(
+                    lambda: (
+                        _sample(live.url, "simsvc_queue_depth") + sum(core.batches[1:]) >= 20 * 16
+                    ),
+                    10,
+                    "the 20 requests queued",
+                )
                 took = await asyncio.to_thread(live.shut_down, 30)
                 assert took <= 2 * settings.shutdown_timeout_s + 1.5, f"shutdown took {took:.1f}s"
                 await asyncio.wait_for(asyncio.gather(*tasks), 10)

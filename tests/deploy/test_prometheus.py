@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.settings import Settings
 from tests.api.conftest import fake_factory
 from tests.fakes import FakeEncoder
+from tests.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -86,15 +87,15 @@ def test_the_first_queue_full_answers_fire_the_alert(
     """Scrape a fresh service, make it answer 429s, scrape again: fed to Prometheus as one
     minute apart, the two scrapes must make `increase()` see the 429s and the alert fire."""
     import threading
-    import time
 
     slow = FakeEncoder(dims=16, delay=0.3)
     tight = Settings(max_queue_texts=8, threads=1, data_dir=tmp_path / "data")
     client = make_client(tight, engine_factory=fake_factory(slow))
     before = _samples(client.get("/metrics").text)
+    seen = len(slow.batches)  # the warm-up's
     first = threading.Thread(target=lambda: client.post("/embed", json={"inputs": ["a b"] * 8}))
     first.start()
-    time.sleep(0.05)
+    wait_until(lambda: len(slow.batches) > seen, 10, "the first request's batch started")
     refused = [client.post("/embed", json={"inputs": ["c d"] * 2}).status_code for _ in range(3)]
     first.join()
     assert refused == [429, 429, 429]

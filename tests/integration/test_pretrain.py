@@ -194,6 +194,7 @@ def test_time_budget_sets_the_horizon_and_bounds_the_run(
         assert run["step"] < run["horizon"]
 
 
+@pytest.mark.slow
 def test_reference_checkpoint_predicts_masked_tokens_and_next_sentences(shared: Path) -> None:
     figures = evaluate_mlm(
         str(shared / "models" / "refbert-en-L6-H384"),

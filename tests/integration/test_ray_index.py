@@ -16,6 +16,10 @@ from service.cli.main import main
 from tests.builders import sentences
 from tests.servers import Server
 
+# Slow tier: two local Ray clusters start and stop here (most of a minute on 2 cores). The
+# fast tier covers the same tiny bundle indexing into PostgreSQL through HTTP.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def ray_available() -> None:

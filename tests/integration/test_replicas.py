@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from tests.builders import sentences
+from tests.polling import wait_until
 from tests.servers import Server
 
 Factory = Callable[..., Server]
@@ -34,9 +35,9 @@ def _top(http: httpx.Client, query: str, k: int = 1) -> list[dict[str, Any]]:
 
 
 def test_replicas_see_each_others_writes_at_once(
-    server_factory: Factory, tmp_path: Path, postgres_url: str
+    server_factory: Factory, tmp_path: Path, empty_postgres_url: str
 ) -> None:
-    env = {"SIMSVC_STORE": postgres_url}
+    env = {"SIMSVC_STORE": empty_postgres_url}
     started: list[Server] = []
     # Both start on an empty database at once: the migrations take turns.
     threads = [
@@ -130,7 +131,7 @@ def test_the_database_going_away_answers_503_and_recovers_by_itself(
         assert resp.status_code == 200, resp.text
         traffic = Traffic(server.url)
         traffic.start()
-        time.sleep(1.0)
+        wait_until(lambda: len(traffic.acked) >= 5, 30, "writes before the database stops")
         pg_ctl(
             ["-w", "-m", "fast", "stop"],
             pgdata=postgres_server.pgdata,
@@ -146,7 +147,11 @@ def test_the_database_going_away_answers_503_and_recovers_by_itself(
             assert "simsvc_ready 0.0" in http.get("/metrics").text
             down = http.post("/v1/collections/c/search", json={"query": "the"})
             assert down.status_code == 503 and down.json()["error_type"] == "store_unavailable"
-            time.sleep(1.5)
+            wait_until(
+                lambda: traffic.statuses[(503, "store_unavailable")] >= 2,
+                30,
+                "the traffic's writes and searches answered 503 while the database is down",
+            )
         finally:
             postgres_server.ensure_postgres_running()
         deadline = time.monotonic() + 30

@@ -15,6 +15,7 @@ from service.runtime.batching import DynamicBatcher
 from service.runtime.encoder import Tokenized, plan_batches
 from service.runtime.types import FloatArray
 from tests.fakes import FakeEncoder
+from tests.polling import wait_until
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -171,7 +172,7 @@ def test_bounded_wait_collects_a_fuller_batch() -> None:
     batcher = _batcher(core, max_wait_s=0.2)
     try:
         first = batcher.submit_nowait(core.tokenize(["one"]))
-        time.sleep(0.05)
+        time.sleep(0.05)  # the second arrives 50 ms later, inside the 200 ms window
         second = batcher.submit_nowait(core.tokenize(["two"]))
         first.result(timeout=5)
         second.result(timeout=5)
@@ -203,9 +204,11 @@ def test_a_cancelled_request_leaves_the_queue_at_once_and_is_never_encoded() -> 
     core = FakeEncoder()
     seen: list[int] = []
     gate = threading.Event()
+    entered = threading.Event()
     timed = _timed_infer(core, 0.0, seen)
 
     def infer(batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
+        entered.set()
         gate.wait(10)
         return timed(batch)
 
@@ -213,7 +216,8 @@ def test_a_cancelled_request_leaves_the_queue_at_once_and_is_never_encoded() -> 
     batcher.start()
     try:
         first = batcher.submit_nowait(_items(1, 8, 10))  # 4 batches of 2; the first blocks
-        time.sleep(0.1)  # the worker takes the first request's window and blocks in it
+        # The worker takes the first request's window and blocks in it.
+        assert entered.wait(5), "the worker did not take the first batch"
         gone = batcher.submit_nowait(_items(2, 16, 10))
         assert batcher.depth == 24
         with pytest.raises(QueueFullError):
@@ -240,9 +244,11 @@ def test_admission_is_bounded_by_the_estimated_time_of_queued_work() -> None:
     core = FakeEncoder()
     gate = threading.Event()
     gate.set()
+    entered = threading.Event()
     timed = _timed_infer(core, 0.0005)  # 0.5 ms per token: 2,000 tokens per second
 
     def infer(batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
+        entered.set()
         gate.wait(10)
         return timed(batch)
 
@@ -256,8 +262,9 @@ def test_admission_is_bounded_by_the_estimated_time_of_queued_work() -> None:
         rate = batcher.tokens_per_second
         assert 1000 < rate < 3000, rate
         gate.clear()  # the encoder stalls in the next batch: the queue only fills
+        entered.clear()
         admitted = [batcher.submit_nowait(_items(1, 10, 20))]
-        time.sleep(0.1)  # the worker takes it and blocks
+        assert entered.wait(5), "the worker did not take the batch"  # and blocks in it
         refused = None
         while refused is None and len(admitted) < 100:
             expected = batcher.finish_estimate(200)
@@ -276,7 +283,7 @@ def test_admission_is_bounded_by_the_estimated_time_of_queued_work() -> None:
         assert batcher.finish_estimate(20) < 0.1
         gate.set()
         small.result(timeout=5)
-        time.sleep(refused.retry_after)
+        time.sleep(refused.retry_after)  # a client honouring Retry-After: the behaviour tested
         batcher.submit_nowait(_items(2, 10, 20)).result(timeout=10)  # admitted after the wait
         for f in admitted:
             f.result(timeout=10)
@@ -287,8 +294,9 @@ def test_admission_is_bounded_by_the_estimated_time_of_queued_work() -> None:
 
 def test_a_small_request_is_not_starved_by_large_ones() -> None:
     core = FakeEncoder()
+    seen: list[int] = []
     batcher = DynamicBatcher(
-        _timed_infer(core, 0.0002), max_batch_tokens=256, max_batch_size=32, max_queue=10_000
+        _timed_infer(core, 0.0002, seen), max_batch_tokens=256, max_batch_size=32, max_queue=10_000
     )
     batcher.start()
     finished: dict[str, float] = {}
@@ -303,7 +311,7 @@ def test_a_small_request_is_not_starved_by_large_ones() -> None:
         large = [batcher.submit_nowait(_items(1, 128, 16)) for _ in range(6)]  # ~2.5 s of work
         for i, f in enumerate(large):
             f.add_done_callback(note(f"large{i}"))
-        time.sleep(0.1)
+        wait_until(lambda: seen, 5, "the large requests' first batch started")
         sent = time.monotonic()
         small = batcher.submit_nowait(_items(2, 2, 16))
         small.add_done_callback(note("small"))
@@ -319,12 +327,13 @@ def test_a_small_request_is_not_starved_by_large_ones() -> None:
 
 def test_stop_ends_within_its_timeout_and_fails_what_is_left() -> None:
     core = FakeEncoder()
+    seen: list[int] = []
     batcher = DynamicBatcher(
-        _timed_infer(core, 0.001), max_batch_tokens=100, max_batch_size=8, max_queue=10_000
+        _timed_infer(core, 0.001, seen), max_batch_tokens=100, max_batch_size=8, max_queue=10_000
     )
     batcher.start()
     futures = [batcher.submit_nowait(_items(1, 20, 10)) for _ in range(50)]  # ~10 s of work
-    time.sleep(0.05)
+    wait_until(lambda: seen, 5, "the first batch started")
     started = time.monotonic()
     batcher.stop(timeout=0.5)
     took = time.monotonic() - started
