@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import version as package_version
 from itertools import islice
 from pathlib import Path
 
@@ -23,7 +24,6 @@ from models.datasets import read_pairs, read_texts
 from models.evaluate import cosine_spearman, encode_pair_set, evaluate_pairs
 from models.export_onnx import PARITY_TEXTS, check_parity, export_onnx, load_checkpoint
 from models.optimize import QUANTIZED_OPS, fuse_graph, quantize_int8
-from service import __version__
 from service.runtime.bundle import (
     FORMAT_VERSION,
     HEAD_FILE,
@@ -363,7 +363,7 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
             cross=cross.info if cross else None,
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             versions={
-                "simsvc": __version__,
+                "simsvc": package_version("simsvc"),
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "onnxruntime": onnxruntime.__version__,

@@ -12,16 +12,13 @@ one module alone):
 | service.runtime          |             | service.api, service.settings, service.metrics,         |
 |                          |             | service.cli, service.main                               |
 | service.api              |             | service.cli                                             |
-| models                   |             | service, but for =service, service.runtime and          |
-|                          |             | service.errors                                          |
+| models                   |             | service, but for service.runtime                        |
 | service                  | service.cli | models                                                  |
 
 Why: the runtime is plain constructors (no HTTP, no Settings, no Prometheus, no commands) that
 the server and the CLI build on; the HTTP layer is served without the command line; the offline
 pipeline reuses the runtime's transforms; only the command line builds bundles, so the server
-runs without torch and transformers. `=service` (the package file: `__version__` only) and
-`service.errors` (exception classes) import nothing of the project: they are a base layer that
-every layer, models included, may import.
+runs without torch and transformers.
 
 Besides: no import cycle between two files, and no source file over 500 lines.
 """
@@ -38,7 +35,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("service", "models")
 MAX_LINES = 500
-UNTIL_THE_MOVE = "until the house move lands"
 
 
 @dataclass(frozen=True)
@@ -76,9 +72,8 @@ RULES = {
         importer="models",
         forbids=(),
         scope="service",
-        allows=("=service", "service.runtime", "service.errors"),
-        why="the offline pipeline imports from service only the runtime (and the base: "
-        "=service's __version__, service.errors)",
+        allows=("service.runtime",),
+        why="the offline pipeline imports from service only the runtime",
     ),
     "only-cli-imports-models": Rule(
         importer="service",
@@ -289,7 +284,6 @@ def test_the_project_graph_is_read() -> None:
 # -- the contracts on the project ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason=UNTIL_THE_MOVE)
 def test_no_import_cycle_between_files() -> None:
     found = cycles(import_graph(ROOT))
     report = "\n\n".join(
@@ -302,19 +296,7 @@ def test_no_import_cycle_between_files() -> None:
     assert not found, f"{len(found)} import cycle(s):\n\n{report}"
 
 
-# The rows that today's tree breaks; the house move (issue 23) fixes them.
-BROKEN_TODAY = {"models-on-runtime-only", "only-cli-imports-models"}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=False, reason=UNTIL_THE_MOVE))
-        if n in BROKEN_TODAY
-        else n
-        for n in RULES
-    ],
-)
+@pytest.mark.parametrize("name", list(RULES))
 def test_import_contract(name: str) -> None:
     rule = RULES[name]
     found = violations(rule, import_graph(ROOT))
@@ -322,7 +304,6 @@ def test_import_contract(name: str) -> None:
     assert not found, f"contract {name!r} ({rule.why}) broken by:\n{report}"
 
 
-@pytest.mark.xfail(strict=False, reason=UNTIL_THE_MOVE)
 def test_no_source_file_over_500_lines() -> None:
     found = long_files(ROOT)
     assert not found, "files to split along their seams:\n" + "\n".join(f"  {f}" for f in found)
