@@ -253,7 +253,7 @@ class Metrics(_StageMetrics):
         alert. `requests` are (route, method, status) triples: they prime the request
         counter (the error-rate alert, the requests panel), one series each. The latency
         histogram is not primed: its panels and alert read quantiles of what was observed,
-        and at 18 series a triple it was most of the page.
+        and at 20 series a triple it was most of the page.
         """
         for labels in requests:
             self.requests.labels(*labels)
@@ -262,7 +262,7 @@ class Metrics(_StageMetrics):
         for reason in rebuild_reasons:  # the dashboard's increase() of rebuilds by reason
             self.index_rebuild_seconds.labels(reason=reason)
         # `index_kinds` and `search_modes` label histograms read only as quantiles of what
-        # was observed: priming them would add 20 empty series each and serve no query.
+        # was observed: priming them would add about 20 empty series each and serve no query.
         del index_kinds, search_modes
 
     def exposition(self) -> bytes:

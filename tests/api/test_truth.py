@@ -301,3 +301,26 @@ def test_ndjson_sent_as_json_gets_a_hint(full: TestClient) -> None:
         "/v1/collections/c/documents", content=b"{", headers={"content-type": "application/json"}
     )
     assert plain.status_code == 422 and "ndjson" not in message(plain)
+
+
+def test_the_blank_characters_are_unicodes_whitespace_control_and_format_characters() -> None:
+    """The fixed list behind the schema's pattern and the check is what `unicodedata` says
+    (a Python with a newer Unicode may add characters; then the list is extended)."""
+    import sys
+    import unicodedata
+
+    from service.api.schemas import BLANK_RANGES
+
+    listed = {c for a, b in BLANK_RANGES for c in range(a, b + 1)}
+    blank = {
+        c
+        for c in range(sys.maxunicode + 1)
+        if chr(c).isspace() or unicodedata.category(chr(c)) in {"Cc", "Cf", "Zs", "Zl", "Zp"}
+    }
+    assert blank <= listed
+    assert all(
+        unicodedata.category(chr(c)) in {"Cc", "Cf", "Zs", "Zl", "Zp"}
+        or chr(c).isspace()
+        or unicodedata.category(chr(c)) == "Cn"
+        for c in listed
+    )
