@@ -4,11 +4,10 @@ NDJSON hint."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
 
 import pytest
 from fastapi.testclient import TestClient
