@@ -323,3 +323,24 @@ def test_the_blank_characters_are_unicodes_whitespace_control_and_format_charact
         or unicodedata.category(chr(c)) == "Cn"
         for c in listed
     )
+
+
+def test_the_openapi_document_says_token_ids_need_token_ids_model(
+    client: TestClient, make_client: Callable[..., TestClient], settings: Settings
+) -> None:
+    """A fuzzer (or a client generator) reads the rule from the schema, so valid-by-schema
+    bodies are accepted: token ids without `token_ids: "model"` are not valid by it."""
+    import jsonschema
+
+    def schema_of(c: TestClient) -> dict[str, Any]:
+        document = c.get("/openapi.json").json()
+        return dict(document["components"]["schemas"]["OpenAIEmbeddingRequest"])
+
+    strict = jsonschema.Draft202012Validator(schema_of(client))
+    assert not strict.is_valid({"input": [[1, 2]]}) and not strict.is_valid({"input": [1]})
+    assert strict.is_valid({"input": [[1, 2]], "token_ids": "model"})
+    assert strict.is_valid({"input": ["a b"]}) and strict.is_valid({"input": "a"})
+    trusting = make_client(
+        settings.model_copy(update={"accept_token_ids": True}), engine_factory=fake_factory()
+    )
+    assert jsonschema.Draft202012Validator(schema_of(trusting)).is_valid({"input": [[1, 2]]})
