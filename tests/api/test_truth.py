@@ -330,7 +330,7 @@ def test_the_openapi_document_says_token_ids_need_token_ids_model(
 ) -> None:
     """A fuzzer (or a client generator) reads the rule from the schema, so valid-by-schema
     bodies are accepted: token ids without `token_ids: "model"` are not valid by it."""
-    import jsonschema
+    import jsonschema  # type: ignore[import-untyped]  # (schemathesis brings it)
 
     def schema_of(c: TestClient) -> dict[str, Any]:
         document = c.get("/openapi.json").json()
