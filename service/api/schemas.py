@@ -54,9 +54,6 @@ def _number(value: Any) -> Any:
     return float(value)
 
 
-TEXT_LIMIT = limit(maxLength="max_chars_per_text")
-
-
 def _escape(code: int) -> str:
     """`\\uXXXX` (read alike by ECMA-262 and Python regexes) in the BMP; beyond, the character."""
     return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
@@ -95,7 +92,7 @@ Text = Annotated[
     Field(
         json_schema_extra={
             "minLength": 1,
-            "pattern": r"\S",
+            "pattern": VISIBLE,
             **limit(maxLength="max_chars_per_text"),
         }
     ),

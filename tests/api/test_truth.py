@@ -96,6 +96,11 @@ def test_empty_and_whitespace_text_is_a_422_on_every_route(full: TestClient, bla
         assert resp.json()["error_type"] == "validation"
         assert "non-whitespace" in message(resp), (path, resp.text)
         assert isinstance(resp.json()["error"], dict) == path.startswith("/v1/")
+    # The schema states the same rule, so a client or a fuzzer generating from it agrees.
+    document = full.get("/openapi.json").json()
+    text = document["components"]["schemas"]["Pair"]["properties"]["a"]
+    assert text["minLength"] == 1 and re.search(text["pattern"], blank) is None
+    assert re.search(text["pattern"], f"{blank}x{blank}")
     ndjson = full.post(
         "/v1/collections/c/documents",
         content=f'{{"id": "d", "text": "{blank.encode("unicode_escape").decode()}"}}\n'.encode(),
