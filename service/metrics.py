@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric
 
 LATENCY_BUCKETS = (
     0.001,
@@ -243,23 +245,31 @@ class Metrics(_StageMetrics):
         rebuild_reasons: Iterable[str] = (),
         search_modes: Iterable[str] = (),
     ) -> None:
-        """Create every labelled series the service knows it may report, at 0.
+        """Create, at 0, the labelled series an alert or a dashboard reads with `rate()` or
+        `increase()`.
 
         A series that appears only with its first increment is invisible to `rate()` and
         `increase()` for that increment: the first burst of 429s or 5xx would never fire an
-        alert. `requests` are (route, method, status) triples.
+        alert. `requests` are (route, method, status) triples: they prime the request
+        counter (the error-rate alert, the requests panel), one series each. The latency
+        histogram is not primed: its panels and alert read quantiles of what was observed,
+        and at 20 series a triple it was most of the page.
         """
         for labels in requests:
             self.requests.labels(*labels)
-            self.request_duration.labels(*labels)
         for error_type in error_types:
             self.errors.labels(error_type=error_type)
-        for kind in index_kinds:
-            self.search_seconds.labels(kind=kind)
-        for reason in rebuild_reasons:
+        for reason in rebuild_reasons:  # the dashboard's increase() of rebuilds by reason
             self.index_rebuild_seconds.labels(reason=reason)
-        for mode in search_modes:
-            self.search_request_seconds.labels(mode=mode)
+        # `index_kinds` and `search_modes` label histograms read only as quantiles of what
+        # was observed: priming them would add about 20 empty series each and serve no query.
+        del index_kinds, search_modes
+
+    def exposition(self) -> bytes:
+        """The /metrics page: the registry without the `_created` series (one per counter,
+        histogram and labelled child, a timestamp no dashboard or alert reads). Filtered here,
+        not by `prometheus_client.disable_created_metrics()`, which is process-wide."""
+        return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]
 
     # CollectionObserver
     def documents(self, collection: str, count: int) -> None:
@@ -292,6 +302,18 @@ class Metrics(_StageMetrics):
         self._scored += n
         self._similar += s
         self.similar_share.set(self._similar / self._scored if self._scored else 0.0)
+
+
+class _WithoutCreated:
+    """A registry's collection with the `_created` samples left out."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in self.registry.collect():
+            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
+            yield metric
 
 
 class CrossMetrics(_StageMetrics):

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     max_chars_per_text: int = Field(default=20_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     max_pairs_per_request: int = Field(default=128, ge=1)
+    accept_token_ids: bool = Field(
+        default=False,
+        description="read token ids on /v1/embeddings as this model's own vocabulary ids "
+        "without the request saying so; off: they are refused (clients such as LangChain "
+        "send OpenAI's tiktoken ids, which mean other tokens here)",
+    )
 
     # Dynamic batcher.
     max_batch_tokens: int = Field(default=8192, ge=1, description="padded tokens per batch")

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.problems import describe
 from service.api.responses import ORJSONResponse
 from service.errors import QueueFullError, ServiceError
 
@@ -97,26 +98,18 @@ async def handle_service_error(request: Request, exc: Exception) -> ORJSONRespon
     return error_response(request, status, exc.error_type, exc.message, headers, exc.param)
 
 
-def _location(err: Any) -> str:
-    return ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-
-
 def describe_problems(errors: Sequence[Any]) -> str:
-    """Pydantic's errors as one line: `field.path: message; ...` (the first ten)."""
-    problems = []
-    for err in errors[:10]:
-        loc = _location(err)
-        problems.append(f"{loc}: {err.get('msg', 'invalid')}" if loc else err.get("msg", "invalid"))
-    return "; ".join(problems) or "invalid request"
+    """Pydantic's errors as one line: `field.path: what is allowed (got ...); ...`."""
+    return describe(errors)[0]
 
 
 async def handle_validation_error(request: Request, exc: Exception) -> ORJSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
-    param = None
-    if errors and errors[0].get("type") != "json_invalid":
-        param = _location(errors[0]) or None
-    return error_response(request, 422, "validation", describe_problems(errors), param=param)
+    message, param = describe(errors)
+    if errors and errors[0].get("type") == "json_invalid":
+        param = None
+    return error_response(request, 422, "validation", message, param=param)
 
 
 def allowed_methods(request: Request) -> list[str]:

@@ -87,6 +87,25 @@ def _embed_rules(schema: dict[str, Any], state: AppState) -> bool:
     return True
 
 
+def _token_id_rule(schema: dict[str, Any], state: AppState) -> None:
+    """/v1/embeddings' rule that ties `input` to `token_ids`: token ids (a non-empty list of
+    integers or of lists) need `"token_ids": "model"`, unless the service accepts them."""
+    if state.settings.accept_token_ids:
+        return
+    ids = {
+        "anyOf": [
+            {"type": "array", "minItems": 1, "items": {"type": "integer"}},
+            {"type": "array", "minItems": 1, "items": {"type": "array"}},
+        ]
+    }
+    schema["allOf"] = [
+        {
+            "if": {"properties": {"input": ids}, "required": ["input"]},
+            "then": {"properties": {"token_ids": {"const": "model"}}, "required": ["token_ids"]},
+        }
+    ]
+
+
 KEYWORD_TYPES = {
     "maximum": {"integer", "number"},
     "minimum": {"integer", "number"},
@@ -167,7 +186,10 @@ def install_openapi(app: FastAPI, state: AppState) -> None:
             routes=app.routes,
         )
         complete = resolve_limits(document, limit_values(state))
-        embed = document.get("components", {}).get("schemas", {}).get("EmbedRequest")
+        schemas = document.get("components", {}).get("schemas", {})
+        if "OpenAIEmbeddingRequest" in schemas:
+            _token_id_rule(schemas["OpenAIEmbeddingRequest"], state)
+        embed = schemas.get("EmbedRequest")
         if embed is not None:
             complete = _embed_rules(embed, state) and complete
         for schema in _inline_bodies(document, "/", "/invocations"):

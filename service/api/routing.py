@@ -51,9 +51,27 @@ async def parse_json_body(request: Request) -> None:
     try:
         request._json = loads(body)  # starlette's cache of the parsed body
     except ValueError as exc:
+        msg = str(exc)
+        if looks_like_ndjson(body):
+            msg += (
+                "; the body looks like NDJSON (one JSON object per line): send it with "
+                "Content-Type: application/x-ndjson (routes that read documents take it)"
+            )
         raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body",), "msg": str(exc), "input": {}}]
+            [{"type": "json_invalid", "loc": ("body",), "msg": msg, "input": {}}]
         ) from exc
+
+
+def looks_like_ndjson(body: bytes) -> bool:
+    """Two or more lines, the first of them a JSON value on its own."""
+    lines = [line for line in body.strip().splitlines() if line.strip()]
+    if len(lines) < 2:
+        return False
+    try:
+        orjson.loads(lines[0])
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 class ApiRoute(APIRoute):

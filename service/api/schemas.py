@@ -9,9 +9,11 @@ configured values into the OpenAPI document, and the engine, the collections and
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic_core import PydanticCustomError
 
 from service.runtime.index import PARAM_RANGES
 from service.runtime.lexical import AnalyzerName
@@ -32,7 +34,7 @@ class _Strict(BaseModel):
 def _whole_number(value: Any) -> Any:
     """JSON Schema's integer: `5` or `5.0`, never `true` or `"5"`."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be an integer (not a boolean or a string)")
+        raise PydanticCustomError("int_type", "must be an integer (not a boolean or a string)")
     if isinstance(value, float):
         if not value.is_integer():
             raise ValueError("must be a whole number")
@@ -48,11 +50,55 @@ strict int would refuse `5.0`."""
 def _number(value: Any) -> Any:
     """JSON Schema's number: `1` or `0.5`, never `true` or `"0.5"`."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("must be a number (not a boolean or a string)")
+        raise PydanticCustomError("float_type", "must be a number (not a boolean or a string)")
     return float(value)
 
 
-Text = Annotated[str, Field(json_schema_extra=limit(maxLength="max_chars_per_text"))]
+def _escape(code: int) -> str:
+    """`\\uXXXX` (read alike by ECMA-262 and Python regexes) in the BMP; beyond, the character."""
+    return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+
+BLANK_RANGES = (
+    (0x0000, 0x0020), (0x007F, 0x00A0), (0x00AD, 0x00AD), (0x0600, 0x0605), (0x061C, 0x061C),
+    (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2), (0x1680, 0x1680),
+    (0x180E, 0x180E), (0x2000, 0x200F), (0x2028, 0x202F), (0x205F, 0x2064), (0x2066, 0x206F),
+    (0x3000, 0x3000), (0xFEFF, 0xFEFF), (0xFFF9, 0xFFFB), (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD), (0x13430, 0x13438), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001), (0xE0020, 0xE007F),
+)  # fmt: skip
+"""Characters that carry nothing to encode: Unicode whitespace, separators, control and
+format characters (the tokenizer drops or splits on them). A test keeps this equal to
+`unicodedata`'s categories; a fixed list keeps the schema's pattern and the check identical
+whatever Unicode version the client or the server runs."""
+VISIBLE = "[^" + "".join(f"{_escape(a)}-{_escape(b)}" for a, b in BLANK_RANGES) + "]"
+"""A text's pattern: at least one character that is not blank (the schema says the same)."""
+_VISIBLE = re.compile(VISIBLE)
+
+
+def _not_blank(value: str) -> str:
+    """One rule on every route that takes text: an empty or whitespace-only text means
+    nothing to encode (OpenAI refuses it too), so it is a 422, not a vector of padding."""
+    if not _VISIBLE.search(value):
+        raise ValueError(
+            "must contain a non-whitespace character (empty or whitespace-only text is refused)"
+        )
+    return value
+
+
+Text = Annotated[
+    str,
+    AfterValidator(_not_blank),
+    Field(
+        json_schema_extra={
+            "minLength": 1,
+            "pattern": VISIBLE,
+            **limit(maxLength="max_chars_per_text"),
+        }
+    ),
+]
+"""A text to encode: not empty, not whitespace only, at most max_chars_per_text characters
+(the engine counts them; the schema says so)."""
 TextList = Annotated[
     list[Text], Field(json_schema_extra=limit(minItems=1, maxItems="max_texts_per_request"))
 ]
@@ -177,14 +223,25 @@ class EmbedRequest(BaseModel):
 
 
 class OpenAIEmbeddingRequest(BaseModel):
-    """OpenAI's /v1/embeddings body: texts, or token ids of this model's vocabulary (one list
-    or a list of lists, as LangChain's OpenAIEmbeddings sends them)."""
+    """OpenAI's /v1/embeddings body: texts, or token ids (one list or a list of lists).
+
+    Token ids are read only as this model's own vocabulary, and only when the request says so
+    (`token_ids: "model"`) or the service is set to (`SIMSVC_ACCEPT_TOKEN_IDS`): the ids
+    OpenAI's clients send (LangChain's OpenAIEmbeddings by default) are tiktoken's, which
+    name other tokens here, so they are refused with a 422 that says how to send text."""
 
     input: Text | TextList | TokenIds | TokenIdLists
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Dimensions = None
     user: str | None = None
+    truncate: Truncate = True
+    token_ids: Literal["model"] | None = Field(
+        default=None,
+        description='"model": the token ids in `input` are this model\'s own vocabulary ids '
+        "(without special tokens); without it they are refused unless the service accepts "
+        "them (setting accept_token_ids)",
+    )
 
 
 class EmbeddingItem(BaseModel):
@@ -257,7 +314,7 @@ class DocumentIn(_Strict):
     """One document to index; `id` is the upsert key."""
 
     id: str = Field(min_length=1, json_schema_extra=limit(maxLength="max_document_id_chars"))
-    text: str = Field(min_length=1, json_schema_extra=limit(maxLength="max_chars_per_text"))
+    text: Text
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -275,11 +332,13 @@ class IndexedResponse(BaseModel):
 
 
 def _param(name: str, what: str) -> Any:
-    low, high = PARAM_RANGES[name]
+    """The lower bound is fixed; the upper one is the setting (`{kind}_max_{name}`, itself
+    within `PARAM_RANGES`), which the schema states and `check_index_params` enforces, so the
+    document and the error name one limit."""
+    low, _ = PARAM_RANGES[name]
     return Field(
         default=None,
         ge=low,
-        le=high,
         description=f"{what}; default: the current value, else the service's",
         json_schema_extra=limit(maximum=f"max_{name}"),
     )
@@ -394,7 +453,7 @@ class RerankOptions(_Strict):
 
 
 class SearchRequest(_Strict):
-    query: Text = Field(min_length=1)
+    query: Text
     k: Integer = Field(default=10, ge=1, json_schema_extra=limit(maximum="max_search_k"))
     filter: dict[FilterKey, FilterValue] = Field(
         default_factory=dict,

@@ -29,6 +29,7 @@ def check_index_params(kind: str, params: Mapping[str, Any], settings: Settings)
         if value > bounds[name]:
             raise ValidationError(
                 f"index.params.{name}: {kind} parameter {name} is {value}; the limit is "
-                f"{bounds[name]} (setting {kind}_max_{name})"
+                f"{bounds[name]} (setting {kind}_max_{name})",
+                param=f"index.params.{name}",
             )
     return dict(params)

@@ -288,21 +288,22 @@ def test_openai_token_id_input_is_the_models_vocabulary(client: TestClient) -> N
     core = FakeEncoder(dims=DIMS)
     ids = [list(t.ids[1:-1]) for t in core.tokenize(["hello world", "hi"])]
     by_text = client.post("/v1/embeddings", json={"input": ["hello world", "hi"]}).json()
-    by_ids = client.post("/v1/embeddings", json={"input": ids}).json()
+    model_ids = {"token_ids": "model"}
+    by_ids = client.post("/v1/embeddings", json={"input": ids, **model_ids}).json()
     assert [d["embedding"] for d in by_ids["data"]] == [d["embedding"] for d in by_text["data"]]
     assert by_ids["usage"] == by_text["usage"]
-    one = client.post("/v1/embeddings", json={"input": ids[0]}).json()
+    one = client.post("/v1/embeddings", json={"input": ids[0], **model_ids}).json()
     assert one["data"][0]["embedding"] == by_text["data"][0]["embedding"]
 
     def problem(body: object) -> dict[str, object]:
-        resp = client.post("/v1/embeddings", json={"input": body})
+        resp = client.post("/v1/embeddings", json={"input": body, **model_ids})
         assert resp.status_code == 422, resp.text
         return dict(resp.json()["error"])
 
     assert "vocabulary of 31000" in str(problem([5, 31_000])["message"])
     assert problem([[1], []])["param"] == "input"
     assert problem([-1])["param"] is not None
-    assert client.post("/v1/embeddings", json={"input": [[1]] * 9}).status_code == 413
+    assert client.post("/v1/embeddings", json={"input": [[1]] * 9, **model_ids}).status_code == 413
 
 
 def test_openai_models_lists_the_served_model(client: TestClient) -> None:

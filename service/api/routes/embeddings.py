@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from fastapi import APIRouter
 
 from service.api.auth import ReadScope
-from service.api.deps import Abandonable, EngineDep
+from service.api.deps import Abandonable, EngineDep, StateDep
 from service.api.responses import ORJSONResponse, errors
 from service.api.routes.common import timing_headers
 from service.api.routing import ApiRoute
@@ -22,7 +22,7 @@ from service.api.schemas import (
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
 )
-from service.errors import NotFoundError
+from service.errors import NotFoundError, TextTooLongError, ValidationError
 from service.runtime.engine import Embeddings, Engine
 
 router = APIRouter(tags=["embeddings"], dependencies=[ReadScope], route_class=ApiRoute)
@@ -35,19 +35,24 @@ _STARTED = int(time.time())
     dependencies=[Abandonable],
     responses=errors(413, 415, 422, 429, 503, openai=True),
 )
-async def create_embeddings(body: OpenAIEmbeddingRequest, engine: EngineDep) -> ORJSONResponse:
-    """Embed texts or token ids (OpenAI-compatible): whitened, normalised, optionally cut to
-    `dimensions`. Token ids are of this model's vocabulary, without special tokens."""
+async def create_embeddings(
+    body: OpenAIEmbeddingRequest, engine: EngineDep, state: StateDep
+) -> ORJSONResponse:
+    """Embed texts (OpenAI-compatible): whitened, normalised, optionally cut to
+    `dimensions`. Token ids only of this model's vocabulary, without special tokens, and only
+    with `token_ids: "model"` (or the setting accept_token_ids)."""
     given = body.input
     emb: Embeddings
     if isinstance(given, str):
-        emb = await engine.embed([given], dims=body.dimensions)
-    elif given and all(isinstance(x, int) for x in given):
-        emb = await engine.embed_ids([given], dims=body.dimensions)  # type: ignore[list-item]
-    elif given and all(isinstance(x, list) for x in given):
-        emb = await engine.embed_ids(given, dims=body.dimensions)  # type: ignore[arg-type]
+        emb = await engine.embed([given], truncate=body.truncate, dims=body.dimensions)
+    elif given and all(isinstance(x, str) for x in given):
+        texts = cast(list[str], given)
+        emb = await engine.embed(texts, truncate=body.truncate, dims=body.dimensions)
     else:
-        emb = await engine.embed(given, dims=body.dimensions)  # type: ignore[arg-type]
+        flat = given and all(isinstance(x, int) for x in given)
+        ids = cast(list[list[int]], [given] if flat else given)
+        _check_token_ids(body, state.settings.accept_token_ids, ids, engine)
+        emb = await engine.embed_ids(ids, dims=body.dimensions)
     vectors = np.ascontiguousarray(emb.vectors, dtype="<f4")
     data: list[dict[str, Any]]
     if body.encoding_format == "base64":
@@ -72,6 +77,33 @@ async def create_embeddings(body: OpenAIEmbeddingRequest, engine: EngineDep) -> 
         },
         headers=timing_headers(emb.timings),
     )
+
+
+TOKEN_IDS_REFUSED = (
+    "input: token ids are refused: they are read as this model's own vocabulary only when "
+    'the request says `"token_ids": "model"`, and OpenAI clients send tiktoken ids, which '
+    "mean other tokens here. Send the texts instead; with LangChain, "
+    "OpenAIEmbeddings(..., check_embedding_ctx_length=False) sends strings (or "
+    "tiktoken_enabled=False)"
+)
+
+
+def _check_token_ids(
+    body: OpenAIEmbeddingRequest, accept: bool, ids: list[list[int]], engine: Engine
+) -> None:
+    """Token ids only when they are known to be this model's; with `truncate: false`, none
+    longer than the model takes (two places go to the special tokens)."""
+    if body.token_ids != "model" and not accept:
+        raise ValidationError(TOKEN_IDS_REFUSED, param="input")
+    if not body.truncate:
+        room = engine.core.max_length - 2
+        for i, row in enumerate(ids):
+            if len(row) > room:
+                raise TextTooLongError(
+                    f"input {i} has {len(row)} token ids; the model takes {room} besides its "
+                    "special tokens, and truncate is false",
+                    param="input",
+                )
 
 
 def _card(engine: Engine) -> dict[str, Any]:

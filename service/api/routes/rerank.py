@@ -18,13 +18,24 @@ from service.api.responses import ORJSONResponse, errors
 from service.api.routes.common import timing_headers
 from service.api.routing import ApiRoute
 from service.api.schemas import Prediction, PredictRequest, Rank, RerankRequest
-from service.errors import ValidationError
+from service.errors import NoCrossEncoderError, ValidationError
 from service.runtime.cross import Direction, PairInput, softmax
+from service.runtime.engine import Engine
 
 router = APIRouter(
     tags=["cross-encoder"], dependencies=[ReadScope, Abandonable], route_class=ApiRoute
 )
 ERRORS = errors(413, 415, 422, 424, 429, 503)
+
+
+def _needs_cross(engine: Engine, route: str) -> None:
+    """The 424 in this route's words (the engine's names /v1/similarity's modes)."""
+    if engine.cross is None:
+        raise NoCrossEncoderError(
+            f"{route} needs a bundle with a cross-encoder, and this one has none: build it "
+            "with `simsvc build ... --cross-model CHECKPOINT`; for scores without one, use "
+            "/v1/similarity (mode bi) or /similarity"
+        )
 
 
 def _direction(value: str) -> Direction:
@@ -38,6 +49,7 @@ async def rerank(body: RerankRequest, engine: EngineDep, state: StateDep) -> ORJ
     """Rank texts by the cross-encoder's relevance to the query, best first (TEI)."""
     if not body.texts:
         raise ValidationError("`texts` cannot be empty")
+    _needs_cross(engine, "/rerank")
     scored = await engine.cross_similarity(
         [(body.query, text) for text in body.texts],
         truncate=body.truncate,
@@ -82,6 +94,7 @@ def _predict_inputs(inputs: str | list[str] | list[list[str]]) -> tuple[list[Pai
 async def predict(body: PredictRequest, engine: EngineDep) -> ORJSONResponse:
     """The cross-encoder's label scores for a text, a pair, or a batch of them (TEI)."""
     items, batch = _predict_inputs(body.inputs)
+    _needs_cross(engine, "/predict")
     scored = await engine.cross_similarity(
         items, truncate=body.truncate, direction=_direction(body.truncation_direction)
     )

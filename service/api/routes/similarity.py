@@ -11,6 +11,7 @@ from service.api.responses import ORJSONResponse, errors
 from service.api.routes.common import timing_headers
 from service.api.routing import ApiRoute
 from service.api.schemas import SimilarityRequest, SimilarityResponse, TEISimilarityRequest
+from service.errors import TooManyTextsError
 from service.runtime.engine import Engine
 
 router = APIRouter(tags=["similarity"], dependencies=[ReadScope, Abandonable], route_class=ApiRoute)
@@ -55,6 +56,11 @@ async def score_pairs(body: SimilarityRequest, engine: EngineDep) -> ORJSONRespo
 async def score_sentences_of(body: TEISimilarityRequest, engine: Engine) -> ORJSONResponse:
     """TEI's /similarity answer: the cosine of the source with each sentence."""
     sentences = body.inputs.sentences
+    if len(sentences) > engine.limits.max_texts:
+        raise TooManyTextsError(
+            f"inputs.sentences: {len(sentences)} sentences; the limit is {engine.limits.max_texts}",
+            param="inputs.sentences",
+        )
     emb = await engine.embed(
         [body.inputs.source_sentence, *sentences],
         truncate=body.truncate,
