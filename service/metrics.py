@@ -269,7 +269,12 @@ class Metrics(_StageMetrics):
         """The /metrics page: the registry without the `_created` series (one per counter,
         histogram and labelled child, a timestamp no dashboard or alert reads). Filtered here,
         not by `prometheus_client.disable_created_metrics()`, which is process-wide."""
-        return generate_latest(_WithoutCreated(self.registry))  # type: ignore[arg-type]
+        return generate_latest(self.scrape_view())  # type: ignore[arg-type]
+
+    def scrape_view(self) -> _WithoutCreated:
+        """What a scrape reads (the registry less `_created`), for the /metrics route and for
+        `simsvc serve --metrics-port`'s own server alike."""
+        return _WithoutCreated(self.registry)
 
     # CollectionObserver
     def documents(self, collection: str, count: int) -> None:

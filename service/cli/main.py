@@ -59,7 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(
-            settings.metrics_port, addr=settings.host, registry=app.state.simsvc.metrics.registry
+            settings.metrics_port,
+            addr=settings.host,
+            registry=app.state.simsvc.metrics.scrape_view(),  # type: ignore[arg-type]
         )
     uvicorn.run(app, **server_options(settings))
     return 0

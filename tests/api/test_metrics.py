@@ -132,10 +132,25 @@ def test_metrics_can_move_to_their_own_port(
         settings.model_copy(update={"metrics_port": 9999}), engine_factory=fake_factory()
     )
     assert client.get("/metrics").status_code == 404
-    registry = client.app.state.simsvc.metrics.registry  # type: ignore[attr-defined]
-    from prometheus_client import generate_latest
+    import socket
+    import urllib.request
 
-    assert b"simsvc_requests_total" in generate_latest(registry)
+    from prometheus_client import start_http_server
+
+    metrics = client.app.state.simsvc.metrics  # type: ignore[attr-defined]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # What `simsvc serve --metrics-port` starts: the same page as /metrics, without `_created`.
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=metrics.scrape_view())
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            page = resp.read()
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    assert b"simsvc_requests_total" in page
+    assert b"_created" not in page
 
 
 def test_timing_headers_and_request_ids(client: TestClient) -> None:
