@@ -15,9 +15,6 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 from pydantic_core import PydanticCustomError
 
-from service.runtime.index import PARAM_RANGES
-from service.runtime.lexical import AnalyzerName
-
 LIMIT_KEY = "x-simsvc-limit"
 
 
@@ -27,7 +24,7 @@ def limit(**bounds: str | int) -> dict[str, Any]:
     return {LIMIT_KEY: bounds}
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -47,7 +44,7 @@ Integer = Annotated[int, BeforeValidator(_whole_number)]
 strict int would refuse `5.0`."""
 
 
-def _number(value: Any) -> Any:
+def json_number(value: Any) -> Any:
     """JSON Schema's number: `1` or `0.5`, never `true` or `"0.5"`."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("float_type", "must be a number (not a boolean or a string)")
@@ -152,12 +149,12 @@ class OpenAIErrorResponse(BaseModel):
 # Similarity.
 
 
-class Pair(_Strict):
+class Pair(StrictModel):
     a: Text
     b: Text
 
 
-class SimilarityRequest(_Strict):
+class SimilarityRequest(StrictModel):
     pairs: list[Pair] = Field(
         min_length=1, json_schema_extra=limit(maxItems="max_pairs_per_request")
     )
@@ -188,7 +185,7 @@ class SimilarityResponse(BaseModel):
     results: list[PairResult]
 
 
-class TEISimilarityInputs(_Strict):
+class TEISimilarityInputs(StrictModel):
     source_sentence: Text
     sentences: list[Text] = Field(
         min_length=1, json_schema_extra=limit(maxItems="max_texts_per_request")
@@ -299,208 +296,6 @@ class TEISentenceSimilarity(TEISimilarityRequest):
     """Sentence similarity: `{"inputs": {"source_sentence", "sentences"}}`."""
 
     parameters: dict[str, Any] | None = Field(default=None, description="accepted and unused")
-
-
-# Collections.
-
-Scalar = str | int | float | bool | None
-FilterKey = Annotated[str, Field(json_schema_extra=limit(maxLength="max_filter_key_chars"))]
-FilterValue = Annotated[Scalar, Field(json_schema_extra=limit(maxLength="max_filter_value_chars"))]
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-"""A collection's name (the stores' `NAME_PATTERN`; a test keeps them equal)."""
-
-
-class DocumentIn(_Strict):
-    """One document to index; `id` is the upsert key."""
-
-    id: str = Field(min_length=1, json_schema_extra=limit(maxLength="max_document_id_chars"))
-    text: Text
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class DocumentsRequest(_Strict):
-    """A JSON body of documents (or send the same objects as NDJSON lines)."""
-
-    documents: list[DocumentIn] = Field(
-        min_length=1, json_schema_extra=limit(maxItems="max_documents_per_request")
-    )
-
-
-class IndexedResponse(BaseModel):
-    indexed: int = Field(description="documents written by this request")
-    count: int = Field(description="documents in the collection afterwards")
-
-
-def _param(name: str, what: str) -> Any:
-    """The lower bound is fixed; the upper one is the setting (`{kind}_max_{name}`, itself
-    within `PARAM_RANGES`), which the schema states and `check_index_params` enforces, so the
-    document and the error name one limit."""
-    low, _ = PARAM_RANGES[name]
-    return Field(
-        default=None,
-        ge=low,
-        description=f"{what}; default: the current value, else the service's",
-        json_schema_extra=limit(maximum=f"max_{name}"),
-    )
-
-
-class HnswParams(_Strict):
-    m: Integer | None = _param("m", "links per node")
-    ef_construction: Integer | None = _param("ef_construction", "candidates while building")
-    ef_search: Integer | None = _param("ef_search", "candidates while searching (at least k)")
-
-
-class IvfParams(_Strict):
-    nlist: Integer | None = _param("nlist", "inverted lists; 0: about sqrt(documents)")
-    nprobe: Integer | None = _param("nprobe", "lists searched per query")
-
-
-class FlatParams(_Strict):
-    """Exact search takes no parameters."""
-
-
-class FlatIndex(_Strict):
-    kind: Literal["flat"]
-    params: FlatParams = Field(default_factory=FlatParams)
-
-
-class HnswIndex(_Strict):
-    kind: Literal["hnsw"]
-    params: HnswParams = Field(default_factory=HnswParams)
-
-
-class IvfIndex(_Strict):
-    kind: Literal["ivf"]
-    params: IvfParams = Field(default_factory=IvfParams)
-
-
-IndexOptions = Annotated[FlatIndex | HnswIndex | IvfIndex, Field(discriminator="kind")]
-
-
-class LexicalOptions(_Strict):
-    analyzer: AnalyzerName | None = Field(
-        default=None,
-        description="english: Snowball stemming and stop words; simple: lower-cased words; "
-        "cjk_char / cjk_bigram / cjk_uni_bigram / jieba: Chinese (characters / bigrams / "
-        "both / words). A change re-analyses the stored texts.",
-    )
-
-
-class FusionOptions(_Strict):
-    """How hybrid search combines its two lists (unset fields: the collection's defaults)."""
-
-    method: Literal["rrf", "weighted"] | None = Field(
-        default=None,
-        description="weighted: alpha * dense + (1 - alpha) * lexical over normalised scores "
-        "(see normalization); rrf: reciprocal-rank fusion",
-    )
-    normalization: Literal["minmax", "cosine"] | None = Field(
-        default=None,
-        description="weighted: minmax scales each list over its candidates; cosine keeps the "
-        "dense cosines and divides BM25 by the query's best score",
-    )
-    rrf_k: Integer | None = Field(default=None, ge=1, le=10_000, description="RRF's constant")
-    alpha: Annotated[float, Field(ge=0.0, le=1.0), BeforeValidator(_number)] | None = Field(
-        default=None, description="weight of the dense list"
-    )
-    candidates: Integer | None = Field(
-        default=None,
-        ge=1,
-        description="how deep each list is read before fusing",
-        json_schema_extra=limit(maximum="max_fusion_candidates"),
-    )
-
-    def given(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
-
-
-class SearchDefaultsIn(_Strict):
-    mode: Literal["dense", "lexical", "hybrid"] | None = None
-    fusion: FusionOptions = Field(default_factory=FusionOptions)
-
-
-class CollectionOptions(_Strict):
-    index: IndexOptions | None = Field(
-        default=None,
-        description="the index kind and its parameters; default: the current index, or the "
-        "service's default kind for a new collection",
-    )
-    dims: Integer | None = Field(
-        default=None,
-        ge=1,
-        description="keep the first dims whitened components",
-        json_schema_extra=limit(maximum="dims"),
-    )
-    lexical: LexicalOptions = Field(default_factory=LexicalOptions)
-    search: SearchDefaultsIn | None = Field(
-        default=None, description="the collection's search defaults (mode, fusion)"
-    )
-
-
-class RefitRequest(_Strict):
-    source: Literal["collection", "bundle", "identity"] = Field(
-        default="collection",
-        description="fit on the collection's documents, go back to the bundle's, or none",
-    )
-
-
-class RerankOptions(_Strict):
-    candidates: Integer = Field(
-        ge=1,
-        description="how many of the top results the cross-encoder rescores",
-        json_schema_extra=limit(maximum="max_rerank_candidates"),
-    )
-
-
-class SearchRequest(_Strict):
-    query: Text
-    k: Integer = Field(default=10, ge=1, json_schema_extra=limit(maximum="max_search_k"))
-    filter: dict[FilterKey, FilterValue] = Field(
-        default_factory=dict,
-        description="metadata equality on every key",
-        json_schema_extra=limit(maxProperties="max_filter_keys"),
-    )
-    mode: Literal["dense", "lexical", "hybrid"] | None = Field(
-        default=None,
-        description="dense: nearest whitened vectors; lexical: BM25; hybrid: both, fused. "
-        "Default: the collection's",
-    )
-    fusion: FusionOptions | None = None
-    rerank: RerankOptions | None = Field(
-        default=None, description="rescore the top results with the bundle's cross-encoder"
-    )
-    explain: StrictBool = Field(
-        default=False, description="say which lists each result came from, and its rank there"
-    )
-
-
-class SearchSource(BaseModel):
-    rank: int
-    score: float
-
-
-class SearchHit(BaseModel):
-    id: str
-    score: float = Field(
-        description="dense: cosine of the whitened vectors; lexical: BM25; hybrid: the fused "
-        "score; reranked: the cross-encoder's probability"
-    )
-    text: str
-    metadata: dict[str, Any]
-    sources: dict[str, SearchSource] | None = Field(
-        default=None, description='with "explain": dense, lexical and rerank rank and score'
-    )
-
-
-class SearchResponse(BaseModel):
-    mode: Literal["dense", "lexical", "hybrid"]
-    results: list[SearchHit]
-
-
-class DocumentOut(BaseModel):
-    id: str
-    text: str
-    metadata: dict[str, Any]
 
 
 # Cross-encoder routes, in text-embeddings-inference's shapes.

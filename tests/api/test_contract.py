@@ -284,7 +284,7 @@ def test_openapi_documents_every_status_and_limit(cclient: TestClient) -> None:
 
 
 def test_collection_name_pattern_matches_the_runtime() -> None:
-    from service.api.schemas import NAME_PATTERN
+    from service.api.collection_schemas import NAME_PATTERN
     from service.runtime.store import base
 
     assert NAME_PATTERN == base.NAME_PATTERN

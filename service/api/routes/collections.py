@@ -16,12 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.types import Scope
 
 from service.api.auth import AdminScope, ReadScope, WriteScope
-from service.api.deps import Abandonable, CollectionsDep, EngineDep, StateDep
-from service.api.handlers import describe_problems
-from service.api.responses import ORJSONResponse, errors
-from service.api.routes.common import inline_schema
-from service.api.routing import ApiRoute, loads, parse_json_body
-from service.api.schemas import (
+from service.api.collection_schemas import (
     NAME_PATTERN,
     CollectionOptions,
     DocumentIn,
@@ -32,6 +27,11 @@ from service.api.schemas import (
     SearchRequest,
     SearchResponse,
 )
+from service.api.deps import Abandonable, CollectionsDep, EngineDep, StateDep
+from service.api.handlers import describe_problems
+from service.api.responses import ORJSONResponse, errors
+from service.api.routes.common import inline_schema
+from service.api.routing import ApiRoute, loads, parse_json_body
 from service.api.validation import check_index_params, filter_limits
 from service.errors import (
     BodyTooLargeError,
