@@ -15,15 +15,17 @@ from service.runtime.bundle import Bundle, load_bundle, read_manifest, write_man
 from service.runtime.cross import CrossCore, OnnxCrossEncoder, pair_raw_scores, sigmoid
 from service.runtime.encoder import EncoderCore, OnnxEncoder, encode_texts
 from service.runtime.head import Calibration, make_views
+from service.runtime.prompts import PromptedEncoder
 from service.runtime.stats import anisotropy, l2_normalize, spearman
 from service.runtime.types import FloatArray
 from service.runtime.whitening import Whitening
 
 
-def bundle_encoder(bundle: Bundle, threads: int = 0) -> OnnxEncoder:
-    """The bundle's ONNX encoder."""
+def bundle_encoder(bundle: Bundle, threads: int = 0) -> EncoderCore:
+    """The bundle's ONNX encoder, reading text as pairs are served (with the query prompt)."""
     m = bundle.manifest
-    return OnnxEncoder(bundle.model_path, bundle.tokenizer_path, m.max_length, m.pad_id, threads)
+    core = OnnxEncoder(bundle.model_path, bundle.tokenizer_path, m.max_length, m.pad_id, threads)
+    return PromptedEncoder(core, bundle.prompts.text(None, "query"))
 
 
 def bundle_cross_encoder(bundle: Bundle, threads: int = 0) -> OnnxCrossEncoder | None:
