@@ -22,8 +22,15 @@ import numpy as np
 from models.build_cross import CrossBuild, CrossOptions, build_cross
 from models.datasets import read_pairs, read_texts
 from models.evaluate import cosine_spearman, encode_pair_set, evaluate_pairs
-from models.export_onnx import PARITY_TEXTS, check_parity, export_onnx, load_checkpoint
+from models.export_onnx import (
+    PARITY_TEXTS,
+    check_parity,
+    export_onnx,
+    load_checkpoint,
+    tokenizer_model,
+)
 from models.optimize import QUANTIZED_OPS, fuse_graph, quantize_int8
+from models.prompts import PromptOptions, read_st_prompts, resolve_prompts
 from service.runtime.bundle import (
     FORMAT_VERSION,
     HEAD_FILE,
@@ -35,13 +42,15 @@ from service.runtime.bundle import (
     Manifest,
     QuantizationInfo,
     SourceInfo,
+    TokenizerInfo,
     WhiteningChoice,
     WhiteningInfo,
     load_bundle,
     write_manifest,
 )
-from service.runtime.encoder import OnnxEncoder, encode_stream, encode_texts
+from service.runtime.encoder import EncoderCore, OnnxEncoder, encode_stream, encode_texts
 from service.runtime.head import make_views
+from service.runtime.prompts import PromptedEncoder
 from service.runtime.stats import anisotropy
 from service.runtime.types import POOLINGS
 from service.runtime.whitening import Whitening, WhiteningAccumulator
@@ -79,6 +88,8 @@ class BuildOptions:
     cross_max_length: int | None = None
     cross_parity_max_diff: float = 1e-4
     cross_symmetric: bool = True
+    prompts: PromptOptions = field(default_factory=PromptOptions)
+    """The model's prompts (config_sentence_transformers.json) and the name each use takes."""
 
 
 def _texts(files: list[Path]) -> Iterator[str]:
@@ -87,7 +98,7 @@ def _texts(files: list[Path]) -> Iterator[str]:
 
 
 def fit_whitening(
-    encoder: OnnxEncoder,
+    encoder: EncoderCore,
     pooling: str,
     files: list[Path],
     k: int | None,
@@ -117,7 +128,7 @@ def fit_whitening(
     return whitening, info
 
 
-def agreement(a: OnnxEncoder, b: OnnxEncoder, texts: list[str]) -> dict[str, float]:
+def agreement(a: EncoderCore, b: EncoderCore, texts: list[str]) -> dict[str, float]:
     """Min cosine per output between two encoders of the same model on the same texts."""
     va, vb = encode_texts(a, texts), encode_texts(b, texts)
     out = {}
@@ -129,7 +140,7 @@ def agreement(a: OnnxEncoder, b: OnnxEncoder, texts: list[str]) -> dict[str, flo
 
 
 def choose_whitening(
-    encoder: OnnxEncoder,
+    encoder: EncoderCore,
     pooling: str,
     whitening: Whitening,
     info: WhiteningInfo,
@@ -161,7 +172,7 @@ def evaluate_into(
     manifest: Manifest,
     bundle: Bundle,
     eval_on: list[Path],
-    encoders: tuple[OnnxEncoder, OnnxEncoder],
+    encoders: tuple[EncoderCore, EncoderCore],
     cross: CrossBuild | None,
     say: Callable[[str], None],
 ) -> None:
@@ -214,6 +225,10 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
     max_length = opts.max_length or min(ckpt.st_max_length or 512, ckpt.max_positions, 512)
     if not 8 <= max_length <= ckpt.max_positions:
         raise ValueError(f"max length must be in 8..{ckpt.max_positions}, got {max_length}")
+    prompts = resolve_prompts(*read_st_prompts(opts.model), opts.prompts)
+    query_prompt = prompts.text(None, "query")
+    if prompts.prompts:
+        say(f"prompts {dict(prompts.prompts)}, by use {prompts.roles()}")
 
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     work = opts.out.parent / f".{opts.out.name}.building-{os.getpid()}"
@@ -234,22 +249,24 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
                 say(f"graph fusion skipped ({type(exc).__name__}: {exc}); serving the plain export")
                 os.replace(plain, model_path)
             plain.unlink(missing_ok=True)
-        pad_id = ckpt.tokenizer.pad_token_id
 
         def encoder_for(path: Path) -> OnnxEncoder:
             return OnnxEncoder(
-                path,
-                work / "tokenizer.json",
-                max_length,
-                pad_id=0 if pad_id is None else int(pad_id),
-                threads=opts.threads,
+                path, work / "tokenizer.json", max_length, pad_id=ckpt.pad_id, threads=opts.threads
             )
 
         encoder = encoder_for(model_path)
         parity_texts = list(PARITY_TEXTS) + list(islice(_texts(opts.whiten_on), 24))
-        parity, tokenizer_match = check_parity(ckpt, encoder, parity_texts)
+        if query_prompt:
+            parity_texts += [query_prompt + t for t in parity_texts[:4]]
+        parity, tokenizer_match, hf_differs = check_parity(ckpt, encoder, parity_texts)
         worst = min(p.min_cosine for p in parity.values())
         say(f"parity: min cosine {worst:.7f}, tokenizer match {tokenizer_match}")
+        if hf_differs:
+            say(
+                f"transformers' tokenizer gives other ids on {hf_differs} of {len(parity_texts)} "
+                "parity texts; the bundle serves the checkpoint's tokenizer.json"
+            )
         if worst < opts.parity_min_cosine or not tokenizer_match:
             raise RuntimeError(
                 f"ONNX parity failed: min cosine {worst:.7f} (need {opts.parity_min_cosine}), "
@@ -269,12 +286,15 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
             say(f"int8: min cosine vs fp32 {quantization.min_cosine_vs_fp32}")
         elif opts.quantize is not None:
             raise ValueError(f"unknown quantization {opts.quantize!r}; use int8")
+        # Whitening, the head and the dev figures see text as pairs are served: query-prompted.
+        served = PromptedEncoder(encoder, query_prompt)
+        served_fp32 = PromptedEncoder(fp32_encoder, query_prompt)
 
         if opts.whiten_on:
-            whitening, winfo = fit_whitening(encoder, pooling, opts.whiten_on, opts.whiten_dim, say)
+            whitening, winfo = fit_whitening(served, pooling, opts.whiten_on, opts.whiten_dim, say)
             if opts.whiten == "auto":
                 whitening, winfo = choose_whitening(
-                    encoder, pooling, whitening, winfo, opts.eval_on, say
+                    served, pooling, whitening, winfo, opts.eval_on, say
                 )
         else:
             if opts.whiten_dim is not None:
@@ -290,7 +310,7 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
             say(f"head: encoding {len(pairs.pairs)} pairs from {opts.head_pairs.name}")
             sentences = pairs.sentences()
             where = {s: i for i, s in enumerate(sentences)}
-            raw = encode_texts(encoder, sentences)[pooling]
+            raw = encode_texts(served, sentences)[pooling]
             views = make_views(
                 raw,
                 whitening,
@@ -353,6 +373,15 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
             dims=Dims(hidden=encoder.dims, output=whitening.dims_out),
             max_length=max_length,
             pad_id=encoder.pad_id,
+            tokenizer=TokenizerInfo(
+                model=tokenizer_model(ckpt.runtime_tokenizer),
+                source=ckpt.tokenizer_source,
+                transformers_differs=hf_differs,
+            ),
+            prompts=dict(prompts.prompts),
+            default_prompt_name=prompts.default_name,
+            query_prompt_name=prompts.query_name,
+            document_prompt_name=prompts.document_name,
             inputs=inputs,
             opset=opts.opset,
             fusions=fusions,
@@ -372,7 +401,7 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
         manifest = write_manifest(work, manifest)
         if opts.eval_on:
             evaluate_into(
-                manifest, load_bundle(work), opts.eval_on, (encoder, fp32_encoder), cross, say
+                manifest, load_bundle(work), opts.eval_on, (served, served_fp32), cross, say
             )
             manifest = write_manifest(work, manifest)
         for leftover in work.glob(".*"):

@@ -78,8 +78,7 @@ def build_cross(
     max_length = opts.max_length or ckpt.default_max_length
     if not 8 <= max_length <= ckpt.max_positions:
         raise ValueError(f"cross max length must be in 8..{ckpt.max_positions}, got {max_length}")
-    pad = ckpt.tokenizer.pad_token_id
-    pad_id = 0 if pad is None else int(pad)
+    pad_id = ckpt.pad_id
 
     def core_for(path: Path) -> OnnxCrossEncoder:
         return OnnxCrossEncoder(

@@ -14,16 +14,18 @@ from models.datasets import PairSet, read_pairs
 from service.runtime.assembly import EngineOptions, cross_encoder_from_bundle, encoder_from_bundle
 from service.runtime.bundle import Bundle, load_bundle, read_manifest, write_manifest
 from service.runtime.cross import CrossCore, OnnxCrossEncoder, pair_raw_scores, sigmoid
-from service.runtime.encoder import EncoderCore, OnnxEncoder, encode_texts
+from service.runtime.encoder import EncoderCore, encode_texts
 from service.runtime.head import Calibration, make_views
+from service.runtime.prompts import PromptedEncoder
 from service.runtime.stats import anisotropy, l2_normalize, spearman
 from service.runtime.types import FloatArray
 from service.runtime.whitening import Whitening
 
 
-def bundle_encoder(bundle: Bundle, threads: int = 0) -> OnnxEncoder:
-    """The bundle's ONNX encoder."""
-    return encoder_from_bundle(bundle, EngineOptions(threads=threads, onnx_spin=True))
+def bundle_encoder(bundle: Bundle, threads: int = 0) -> EncoderCore:
+    """The bundle's ONNX encoder, reading text as pairs are served (with the query prompt)."""
+    core = encoder_from_bundle(bundle, EngineOptions(threads=threads, onnx_spin=True))
+    return PromptedEncoder(core, bundle.prompts.text(None, "query"))
 
 
 def bundle_cross_encoder(bundle: Bundle, threads: int = 0) -> OnnxCrossEncoder | None:

@@ -5,7 +5,8 @@ sigmoid gives the model's probability) or two (softmax[1]; served as the logit d
 as `simsvc finetune --objective cross` writes it and as hub cross-encoders such as
 `cross-encoder/ms-marco-MiniLM-L-6-v2` are. The graph takes `input_ids`, `attention_mask`
 (and `token_type_ids` when the model has them) with dynamic batch and sequence axes, and
-returns the logits only.
+returns the logits only. The pair template (BERT's `[CLS] a [SEP] b [SEP]` with segment ids,
+XLM-R's `<s> a </s></s> b </s>` all type 0) is the checkpoint tokenizer.json's post-processor.
 """
 
 from __future__ import annotations
@@ -20,10 +21,13 @@ import numpy as np
 
 from models.export_onnx import (
     PARITY_TEXTS,
+    check_vocab_fits,
+    checkpoint_tokenizer,
     forward_kwargs,
     load_fast_tokenizer,
     save_runtime_tokenizer,
     takes_token_types,
+    tokenizer_pad_id,
     trace_to_onnx,
 )
 from service.runtime.bundle import CROSS_MODEL_FILE, CROSS_TOKENIZER_FILE, CrossParity
@@ -43,6 +47,10 @@ class LoadedCross:
     name: str
     model_type: str
     architectures: list[str]
+    runtime_tokenizer: Any
+    """The `tokenizers.Tokenizer` the bundle serves (padding and truncation off)."""
+    tokenizer_source: str
+    pad_id: int
     labels: list[str]
     uses_token_types: bool
     segment_ids: bool
@@ -106,12 +114,17 @@ def load_cross_checkpoint(model: str) -> LoadedCross:
     card = _read_card(model)
     tok_max = int(getattr(tokenizer, "model_max_length", 512) or 512)
     default = card_max_length(card) or min(tok_max, 512)
+    runtime_tok, source = checkpoint_tokenizer(model, tokenizer)
+    check_vocab_fits(runtime_tok, int(config.vocab_size), model)
     return LoadedCross(
         model=loaded,
         tokenizer=tokenizer,
         name=model,
         model_type=str(getattr(config, "model_type", "bert")),
         architectures=list(getattr(config, "architectures", None) or []),
+        runtime_tokenizer=runtime_tok,
+        tokenizer_source=source,
+        pad_id=tokenizer_pad_id(tokenizer, runtime_tok),
         labels=labels,
         uses_token_types=uses_token_types,
         segment_ids=segment_ids,
@@ -161,7 +174,7 @@ def export_cross(ckpt: LoadedCross, out_dir: Path, opset: int = 17) -> list[str]
         out_dir / CROSS_MODEL_FILE,
         opset,
     )
-    save_runtime_tokenizer(ckpt.tokenizer, out_dir / CROSS_TOKENIZER_FILE)
+    save_runtime_tokenizer(ckpt.runtime_tokenizer, out_dir / CROSS_TOKENIZER_FILE)
     return inputs
 
 
@@ -172,6 +185,26 @@ def parity_pairs(extra: list[tuple[str, str]], count: int = 24) -> list[tuple[st
     return pairs + list(islice(extra, count))
 
 
+def reference_pair_ids(
+    ckpt: LoadedCross, pairs: list[tuple[str, str]], max_length: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Ids and type ids of pairs as the checkpoint's tokenizer gives them (its own
+    tokenizer.json when it ships one, else transformers'), the longer side cut first."""
+    if ckpt.tokenizer_source != "checkpoint":
+        hf = ckpt.tokenizer(
+            [a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=max_length
+        )
+        ids = [list(h) for h in hf["input_ids"]]
+        types = [list(h) for h in hf.get("token_type_ids") or [[0] * len(i) for i in ids]]
+        return ids, types
+    from tokenizers import Tokenizer
+
+    ref = Tokenizer.from_str(ckpt.runtime_tokenizer.to_str())
+    ref.enable_truncation(max_length, strategy="longest_first")
+    encodings = ref.encode_batch(list(pairs), add_special_tokens=True)
+    return [list(e.ids) for e in encodings], [list(e.type_ids) for e in encodings]
+
+
 def check_cross_parity(
     ckpt: LoadedCross,
     core: OnnxCrossEncoder,
@@ -180,24 +213,18 @@ def check_cross_parity(
     """Compare ONNX logits with PyTorch's on padded batches of mixed-length pairs.
 
     Both sides get the runtime tokenizer's ids and segment ids; whether they equal the
-    Hugging Face tokenizer's (truncation of the longer side first) is recorded as well.
+    checkpoint tokenizer's (truncation of the longer side first) is recorded as well.
     """
     import torch
 
     module = logits_module(ckpt)
     assert not module.training and not ckpt.model.training
     tokens = core.tokenize_pairs(pairs)
-    hf = ckpt.tokenizer(
-        [a for a, _ in pairs],
-        [b for _, b in pairs],
-        truncation=True,
-        max_length=core.max_length,
-    )
-    match = all(list(t.ids) == list(h) for t, h in zip(tokens, hf["input_ids"], strict=True))
-    if ckpt.segment_ids and "token_type_ids" in hf:
+    ref_ids, ref_types = reference_pair_ids(ckpt, pairs, core.max_length)
+    match = all(list(t.ids) == r for t, r in zip(tokens, ref_ids, strict=True))
+    if ckpt.segment_ids:
         match = match and all(
-            list(t.type_ids or []) == list(h)
-            for t, h in zip(tokens, hf["token_type_ids"], strict=True)
+            list(t.type_ids or []) == r for t, r in zip(tokens, ref_types, strict=True)
         )
     worst = 0.0
     batches = 0

@@ -5,6 +5,12 @@ with dynamic batch and sequence axes, and yields four pooled vectors: `cls`, `po
 tanh pooler; `cls` when the checkpoint has no trained pooler), `mean` (masked mean of the last
 layer) and `first_last_avg` (masked mean of the average of the first and last layers). The
 full hidden states never leave the graph.
+
+The bundle's tokenizer.json is the checkpoint's own when it ships one (WordPiece, or a
+SentencePiece Unigram model with XLM-R specials and no vocab.txt): its normaliser,
+post-processor (the special tokens, the pair template) and ids are served as the checkpoint
+defines them. transformers 5 rebuilds some tokenizers from their class instead (XLM-R's drops
+the file's normaliser), so it is used only for checkpoints without a tokenizer.json.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ PARITY_TEXTS = (
     "Semantic similarity services turn text into vectors; whitening makes the cosine of those "
     "vectors better reflect meaning, because raw BERT vectors crowd into a narrow cone.",
     "一架飞机正在起飞。",
+    "他说：“你好，世界！”　全角ＡＢＣ１２３",
     "Numbers 1234, symbols #@!, and MiXeD case.",
     "short",
     " ".join(["long input that runs past the export length to check truncation"] * 40),
@@ -61,6 +68,11 @@ class LoadedCheckpoint:
     name: str
     model_type: str
     architectures: list[str]
+    runtime_tokenizer: Any
+    """The `tokenizers.Tokenizer` the bundle serves (padding and truncation off)."""
+    tokenizer_source: str
+    """'checkpoint' (its tokenizer.json) or 'transformers' (the fast tokenizer it builds)."""
+    pad_id: int
     pooler_trained: bool
     uses_token_types: bool
     hidden: int
@@ -111,6 +123,52 @@ def load_fast_tokenizer(model: str) -> Any:
     return tokenizer
 
 
+def checkpoint_tokenizer(model: str, hf_tokenizer: Any) -> tuple[Any, str]:
+    """The tokenizer the checkpoint defines, padding and truncation off, and its source:
+    its own tokenizer.json ('checkpoint') when it ships one, else the fast tokenizer
+    transformers builds from vocab.txt or a SentencePiece model ('transformers')."""
+    from tokenizers import Tokenizer
+
+    local = Path(model) / "tokenizer.json"
+    path: Path | None = local if local.is_file() else None
+    if path is None and not Path(model).is_dir():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(model, "tokenizer.json"))
+        except Exception:  # noqa: BLE001 - optional file; any hub failure means absent
+            path = None
+    if path is not None:
+        tok, source = Tokenizer.from_file(str(path)), "checkpoint"
+    else:
+        tok, source = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str()), "transformers"
+    tok.no_padding()
+    tok.no_truncation()
+    return tok, source
+
+
+def tokenizer_pad_id(hf_tokenizer: Any, tok: Any) -> int:
+    """The padding id: the tokenizer's declared pad token (XLM-R's `<pad>` is 1, BERT's
+    `[PAD]` 0), else one the tokenizer.json names, else 0 (masked out either way)."""
+    pad = getattr(hf_tokenizer, "pad_token_id", None)
+    if pad is not None:
+        return int(pad)
+    for name in ("<pad>", "[PAD]"):
+        found = tok.token_to_id(name)
+        if found is not None:
+            return int(found)
+    return 0
+
+
+def check_vocab_fits(tok: Any, vocab_size: int, model: str) -> None:
+    """Refuse a tokenizer whose ids run past the model's embedding table."""
+    size = int(tok.get_vocab_size(with_added_tokens=True))
+    if size > vocab_size:
+        raise ValueError(
+            f"{model}: the tokenizer has {size} ids, the model's embeddings only {vocab_size}"
+        )
+
+
 def takes_token_types(model: Any) -> bool:
     """Whether the model's forward takes token_type_ids (BERT does, DistilBERT does not)."""
     return "token_type_ids" in inspect.signature(model.forward).parameters
@@ -132,12 +190,17 @@ def load_checkpoint(model: str) -> LoadedCheckpoint:
     config = loaded.config
     uses_token_types = takes_token_types(loaded)
     st_pooling, st_max = _read_st_config(model)
+    runtime_tok, source = checkpoint_tokenizer(model, tokenizer)
+    check_vocab_fits(runtime_tok, int(config.vocab_size), model)
     return LoadedCheckpoint(
         model=loaded,
         tokenizer=tokenizer,
         name=model,
         model_type=str(getattr(config, "model_type", "bert")),
         architectures=list(getattr(config, "architectures", None) or []),
+        runtime_tokenizer=runtime_tok,
+        tokenizer_source=source,
+        pad_id=tokenizer_pad_id(tokenizer, runtime_tok),
         pooler_trained=pooler_trained,
         uses_token_types=uses_token_types,
         hidden=int(config.hidden_size),
@@ -224,14 +287,37 @@ def trace_to_onnx(
     return inputs
 
 
-def save_runtime_tokenizer(hf_tokenizer: Any, path: Path) -> None:
-    """The Rust tokenizer the runtime loads, without padding or truncation (set at load)."""
+def save_runtime_tokenizer(tok: Any, path: Path) -> None:
+    """The Rust tokenizer the runtime loads, without padding or truncation: the runtime pads
+    itself (with the manifest's pad_id) and sets truncation from the manifest's max_length."""
     from tokenizers import Tokenizer
 
-    runtime_tok = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    runtime_tok = Tokenizer.from_str(tok.to_str())
     runtime_tok.no_padding()
     runtime_tok.no_truncation()
     runtime_tok.save(str(path))
+
+
+def tokenizer_model(tok: Any) -> str:
+    """The tokenizers model kind: WordPiece, Unigram, BPE, WordLevel."""
+    return str(json.loads(tok.to_str())["model"]["type"])
+
+
+def reference_ids(
+    ckpt_tokenizer: Any, hf_tokenizer: Any, source: str, texts: list[str], max_length: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Ids of texts cut to max_length by the checkpoint's tokenizer (the reference the runtime
+    must equal) and by transformers' (recorded when it differs)."""
+    from tokenizers import Tokenizer
+
+    hf_ids = [
+        list(h) for h in hf_tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    ]
+    if source != "checkpoint":
+        return hf_ids, hf_ids
+    ref = Tokenizer.from_str(ckpt_tokenizer.to_str())
+    ref.enable_truncation(max_length)
+    return [list(e.ids) for e in ref.encode_batch(texts, add_special_tokens=True)], hf_ids
 
 
 def export_onnx(ckpt: LoadedCheckpoint, out_dir: Path, opset: int = 17) -> list[str]:
@@ -247,7 +333,7 @@ def export_onnx(ckpt: LoadedCheckpoint, out_dir: Path, opset: int = 17) -> list[
         out_dir / "model.onnx",
         opset,
     )
-    save_runtime_tokenizer(ckpt.tokenizer, out_dir / "tokenizer.json")
+    save_runtime_tokenizer(ckpt.runtime_tokenizer, out_dir / "tokenizer.json")
     return inputs
 
 
@@ -256,19 +342,23 @@ def check_parity(
     encoder: OnnxEncoder,
     texts: list[str],
     batch_tokens: int = 2048,
-) -> tuple[dict[str, Parity], bool]:
+) -> tuple[dict[str, Parity], bool, int]:
     """Compare the ONNX encoder with PyTorch on padded batches of mixed lengths.
 
-    Both sides get the same ids (the runtime tokenizer's). Returns per-output figures and
-    whether the runtime tokenizer agrees with the Hugging Face one on these texts.
+    Both sides get the same ids (the runtime tokenizer's). Returns per-output figures,
+    whether the runtime tokenizer agrees with the checkpoint's on these texts, and on how
+    many of them transformers' tokenizer differs from the checkpoint's.
     """
     import torch
 
     module = pooling_module(ckpt)
     assert not module.training and not ckpt.model.training
     tokens = encoder.tokenize(texts)
-    hf_ids = ckpt.tokenizer(texts, truncation=True, max_length=encoder.max_length)["input_ids"]
-    tokenizer_match = all(list(t.ids) == list(h) for t, h in zip(tokens, hf_ids, strict=True))
+    ref_ids, hf_ids = reference_ids(
+        ckpt.runtime_tokenizer, ckpt.tokenizer, ckpt.tokenizer_source, texts, encoder.max_length
+    )
+    tokenizer_match = all(list(t.ids) == r for t, r in zip(tokens, ref_ids, strict=True))
+    differs = sum(r != h for r, h in zip(ref_ids, hf_ids, strict=True))
     worst = {name: (0.0, 1.0) for name in POOLINGS}
     # Batches sorted by length but several lengths each, so padding is exercised.
     for rows in plan_batches([len(t) for t in tokens], batch_tokens, max_size=4):
@@ -289,4 +379,4 @@ def check_parity(
             prev_diff, prev_cos = worst[name]
             worst[name] = (max(prev_diff, diff), min(prev_cos, float(cos.min())))
     figures = {name: Parity(max_abs_diff=d, min_cosine=c) for name, (d, c) in worst.items()}
-    return figures, tokenizer_match
+    return figures, tokenizer_match, differs

@@ -156,3 +156,85 @@ def write_sts_file(path: Path, n: int, seed: int = 0) -> Path:
         lines.append(f"{score:.3f}\t{a}\t{' '.join(b_words)}\tmain\tsynthetic\t2024\t{i:04d}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+UNIGRAM_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+"""XLM-R's special tokens and ids: <s> 0, <pad> 1, </s> 2, <unk> 3."""
+
+HAN = "一个男人在弹吉他女孩跑步狗吃东西天空很蓝今天下雨了"
+
+
+def write_tiny_unigram_tokenizer(directory: Path, vocab_size: int = 160) -> Any:
+    """A SentencePiece-style Unigram tokenizer trained in memory on the tiny sentences (and a
+    few Chinese ones), saved as tokenizer.json only (no vocab.txt), with XLM-R's specials,
+    NFKC, Metaspace and the `<s> A </s></s> B </s>` pair template, all type ids 0."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import UnigramTrainer
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(7)
+    chinese = ["".join(rng.choice(HAN) for _ in range(rng.randint(3, 12))) for _ in range(60)]
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=UNIGRAM_SPECIALS, unk_token="<unk>"
+    )
+    tok.train_from_iterator(sentences(300, seed=3) + chinese, trainer)
+    if [tok.token_to_id(t) for t in UNIGRAM_SPECIALS] != [0, 1, 2, 3]:
+        raise RuntimeError("the tiny Unigram tokenizer did not put the specials first")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", 0), ("</s>", 2)],
+    )
+    tok.save(str(directory / "tokenizer.json"))
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>"}
+    config = {"tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 128, **specials}
+    config.update({"unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<unk>"})
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return tok
+
+
+def write_tiny_unigram_checkpoint(
+    directory: Path,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    num_labels: int | None = None,
+    prompts: dict[str, str] | None = None,
+) -> Path:
+    """A 2-layer BERT over a tiny Unigram tokenizer.json (no vocab.txt), one token type as
+    XLM-R-vocabulary models have; a sequence classifier when `num_labels` is given. With
+    `prompts`, a config_sentence_transformers.json naming them."""
+    import json
+
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    tok = write_tiny_unigram_tokenizer(directory)
+    config = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=130,
+        type_vocab_size=1,
+        pad_token_id=1,
+        initializer_range=0.2 if num_labels else 0.02,
+    )
+    torch.manual_seed(seed)
+    if num_labels is None:
+        model: Any = BertModel(config)
+    else:
+        config.num_labels = num_labels
+        model = BertForSequenceClassification(config)
+    model.save_pretrained(str(directory))
+    if prompts is not None:
+        st = {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}
+        (directory / "config_sentence_transformers.json").write_text(json.dumps(st))
+    return directory

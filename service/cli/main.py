@@ -72,6 +72,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         from models.build import BuildOptions, build_bundle
         from models.export_onnx import require_build_extra
+        from models.prompts import prompt_options
 
         require_build_extra()
     except ImportError as exc:
@@ -100,6 +101,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             cross_calibration=args.cross_calibration,
             cross_symmetric=args.cross_symmetric,
             cross_max_length=args.cross_max_length,
+            prompts=prompt_options(args),
         ),
         say=lambda m: print(m, file=sys.stderr),
     )
@@ -294,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cross-calibration", choices=["sigmoid", "isotonic"], default="sigmoid")
     p.add_argument("--cross-max-length", type=int, help="default: the card's, else 512")
+    from models.prompts import add_prompt_arguments  # no torch: plain argparse and json
+
+    add_prompt_arguments(p)
     p.add_argument(
         "--cross-symmetric",
         action=argparse.BooleanOptionalAction,

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from service.errors import BundleError
 from service.runtime.head import Calibration, PairHead
+from service.runtime.prompts import Prompts
 from service.runtime.types import POOLINGS
 from service.runtime.whitening import Whitening
 
@@ -41,6 +42,19 @@ class SourceInfo(BaseModel):
     architectures: list[str] = Field(default_factory=list)
     pooler: str = "trained"
     """'trained' when the checkpoint has pooler weights, else 'cls' (pooler output = [CLS])."""
+
+
+class TokenizerInfo(BaseModel):
+    """Where the bundle's tokenizer.json came from and what kind it is."""
+
+    model: str
+    """The tokenizers model: WordPiece, Unigram (SentencePiece), BPE."""
+    source: str
+    """'checkpoint': the checkpoint's own tokenizer.json, as it ships; 'transformers': the
+    fast tokenizer transformers builds (checkpoints with only vocab.txt or a .model file)."""
+    transformers_differs: int = 0
+    """Parity texts on which transformers' tokenizer gives other ids than the bundle's (some
+    transformers versions rebuild a tokenizer from its class and drop the file's normaliser)."""
 
 
 class Dims(BaseModel):
@@ -127,7 +141,7 @@ class CrossCalibrationInfo(BaseModel):
 
 
 class CrossInfo(BaseModel):
-    """The optional cross-encoder part: a sequence classifier over `[CLS] a [SEP] b [SEP]`."""
+    """The optional cross-encoder part: a sequence classifier over both texts read at once."""
 
     source: SourceInfo
     num_labels: int
@@ -161,6 +175,17 @@ class Manifest(BaseModel):
     dims: Dims
     max_length: int
     pad_id: int = 0
+    tokenizer: TokenizerInfo | None = None
+    prompts: dict[str, str] = Field(default_factory=dict)
+    """Named prompts (sentence-transformers' `prompts`), prepended to a text before
+    tokenization; older bundles have none."""
+    default_prompt_name: str | None = None
+    """The prompt for /v1/embeddings, /embed and POST / when a request names none."""
+    query_prompt_name: str | None = None
+    """The prompt for both texts of a pair and for search queries; whitening, the head and
+    the recorded dev figures were fitted and measured on text so prompted."""
+    document_prompt_name: str | None = None
+    """The prompt for texts indexed into a collection."""
     inputs: list[str]
     opset: int
     fusions: dict[str, int] = Field(default_factory=dict)
@@ -245,9 +270,24 @@ class Bundle:
         return self.directory / TOKENIZER_FILE
 
     @property
+    def prompts(self) -> Prompts:
+        """The manifest's prompts and the name each use takes (checked at load)."""
+        return manifest_prompts(self.manifest)
+
+    @property
     def sha(self) -> str:
         """Short identity of the bundle: the model file's hash prefix."""
         return self.manifest.files.get(MODEL_FILE, "")[:12]
+
+
+def manifest_prompts(manifest: Manifest) -> Prompts:
+    """The manifest's prompt fields as the runtime's `Prompts`."""
+    return Prompts(
+        prompts=dict(manifest.prompts),
+        default_name=manifest.default_prompt_name,
+        query_name=manifest.query_prompt_name,
+        document_name=manifest.document_prompt_name,
+    )
 
 
 def load_bundle(directory: Path, verify_hashes: bool = True) -> Bundle:
@@ -277,6 +317,10 @@ def load_bundle(directory: Path, verify_hashes: bool = True) -> Bundle:
         raise BundleError(
             f"bundle pooling {manifest.pooling!r} / outputs {manifest.outputs} are not valid"
         )
+    try:
+        manifest_prompts(manifest)
+    except ValueError as exc:
+        raise BundleError(f"bundle prompts are inconsistent: {exc}") from exc
     try:
         whitening = Whitening.load(directory / WHITENING_FILE)
     except (ValueError, KeyError, OSError) as exc:

@@ -1,8 +1,9 @@
-"""The cross-encoder: both texts read at once, `[CLS] a [SEP] b [SEP]`, into one relevance logit.
+"""The cross-encoder: both texts read at once (the tokenizer's pair template: BERT's
+`[CLS] a [SEP] b [SEP]`, XLM-R's `<s> a </s></s> b </s>`), into one relevance logit.
 
 A bi-encoder compares two vectors made apart; a cross-encoder lets every token of `a` attend
 to every token of `b`, which scores a pair better and costs one model run per pair. The core
-tokenizes pairs jointly (segment ids 0 for `a`, 1 for `b`; the longer side is cut first) and
+tokenizes pairs jointly (segment ids as the template gives them; the longer side cut first) and
 runs the exported sequence classifier, whose graph returns logits only. `CrossScorer` puts
 a core behind its own dynamic batcher (a second queue beside the bi-encoder's) and maps raw
 scores to calibrated probabilities. onnxruntime and tokenizers only: no torch here.
@@ -161,7 +162,8 @@ class OnnxCrossEncoder:
     def tokenize_pairs(
         self, pairs: Sequence[PairInput], direction: Direction = "right"
     ) -> list[Tokenized]:
-        """Batch-tokenize in Rust: `[CLS] a [SEP] b [SEP]`, the longer side cut first."""
+        """Batch-tokenize in Rust with the tokenizer's own pair template (its post-processor
+        places the special tokens), the longer side cut first."""
         tok = self._tokenizer(direction)
         inputs = [a if b is None else (a, b) for a, b in pairs]
         encodings = tok.encode_batch(inputs, add_special_tokens=True)

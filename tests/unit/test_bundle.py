@@ -67,3 +67,30 @@ def test_unknown_format_version_and_garbage_manifest(bundle_copy: Path) -> None:
 def test_whitening_npz_holds_plain_arrays(tiny_bundle: Path) -> None:
     with np.load(tiny_bundle / "whitening.npz", allow_pickle=False) as data:
         assert {k: data[k].dtype.kind for k in data.files} == {"dims_in": "i", "mu": "f", "w": "f"}
+
+
+def test_a_manifest_from_before_prompts_loads_with_none(bundle_copy: Path) -> None:
+    data = json.loads((bundle_copy / "manifest.json").read_text())
+    for key in ("tokenizer", "prompts", "default_prompt_name", "query_prompt_name"):
+        data.pop(key, None)
+    data.pop("document_prompt_name", None)
+    (bundle_copy / "manifest.json").write_text(json.dumps(data))
+    bundle = load_bundle(bundle_copy)
+    assert bundle.manifest.tokenizer is None and bundle.manifest.prompts == {}
+    assert bundle.prompts.apply(["a b"]) == ["a b"]
+    assert bundle.prompts.apply(["a b"], role="document") == ["a b"]
+
+
+def test_a_prompt_name_without_its_prompt_is_refused(bundle_copy: Path) -> None:
+    data = json.loads((bundle_copy / "manifest.json").read_text())
+    data["prompts"] = {"query": "query: "}
+    data["document_prompt_name"] = "passage"
+    (bundle_copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="document prompt name 'passage'"):
+        load_bundle(bundle_copy)
+
+
+def test_the_wordpiece_bundle_records_its_tokenizer(tiny_bundle: Path) -> None:
+    manifest = load_bundle(tiny_bundle).manifest
+    assert manifest.tokenizer is not None and manifest.tokenizer.model == "WordPiece"
+    assert manifest.prompts == {} and manifest.query_prompt_name is None
