@@ -54,12 +54,11 @@ async def bm25(conn: Any, row: Row, query: str, k: int, where: Filter | None) ->
     words = list(dict.fromkeys(terms(row.analyzer, query)))[:MAX_QUERY_TERMS]
     if not words or row.count == 0:
         return []
+    join: sql.Composable = sql.SQL("")
     if where:
         join = sql.SQL("JOIN {t} AS d ON d.id = p.doc AND d.metadata @> %(f)s").format(
             t=sql.Identifier(row.tbl)
         )
-    else:
-        join = sql.SQL("")
     cur = await conn.execute(
         sql.SQL(
             """

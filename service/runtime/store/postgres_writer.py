@@ -2,8 +2,8 @@
 
 The writer holds one pooled connection and the collection's shared advisory lock for its
 whole transaction (rebuilds take the exclusive one), so the table it writes cannot be
-swapped away under it. Rows it replaces or deletes are locked first (a new id another
-writer committed meanwhile is found and locked too), so the count and lexical size it adds
+swapped away under it. Rows it replaces or deletes are locked before they are read (an
+upsert inserts and locks in one pass, in id order), so the count and lexical size it adds
 to the catalog at commit are exact even with concurrent writers. Its postings change with
 the rows; the document frequencies they change are added at commit, term rows taken in
 term order and the catalog row last, so concurrent writers never deadlock there.
@@ -69,14 +69,15 @@ class PostgresWriter(StoreWriter):
         self._df: dict[str, int] = {}
         self._done = False
 
-    async def _lock(self, cur: Any, ids: Sequence[str]) -> dict[str, tuple[dict[str, int], int]]:
-        """Lock the rows of these ids that exist (in id order, as every writer does); the
-        term counts and length of each, which leave the lexical index with them."""
+    async def _replaced(
+        self, cur: Any, ids: Sequence[str]
+    ) -> dict[str, tuple[dict[str, int], int]]:
+        """The term counts and length of these rows (locked by this transaction already),
+        which leave the lexical index with them."""
         await cur.execute(
-            q("SELECT id, tf, lex_len FROM {t} WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-              t=self._row.tbl),
+            q("SELECT id, tf, lex_len FROM {t} WHERE id = ANY(%s)", t=self._row.tbl),
             (list(ids),),
-        )  # fmt: skip
+        )
         return {r[0]: (dict(r[1]), int(r[2])) for r in await cur.fetchall()}
 
     async def upsert(self, docs: Sequence[Document], raw: FloatArray) -> None:
@@ -91,8 +92,6 @@ class PostgresWriter(StoreWriter):
         ids = [doc.id for doc in docs]
         with self._pool.errors():
             async with self._conn.cursor() as cur:
-                # Lock the rows this replaces: their terms leave the index exactly.
-                old = await self._lock(cur, ids)
                 async with cur.copy(
                     f"COPY {STAGING} ({COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)"
                 ) as copy:
@@ -103,24 +102,19 @@ class PostgresWriter(StoreWriter):
                             (doc.id, doc.text, jsonb(doc.metadata), raw32[i].tobytes(), emb[i],
                              jsonb(tf), lex_len)
                         )  # fmt: skip
-                pending = [i for i in ids if i not in old]
-                while pending:
-                    # New ids. One another writer committed since the lock above is not
-                    # inserted but locked in turn (and one deleted meanwhile, inserted).
-                    await cur.execute(
-                        q(
-                            f"INSERT INTO {{t}} ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM "
-                            f"{STAGING} WHERE id = ANY(%s) ORDER BY id "
-                            "ON CONFLICT (id) DO NOTHING RETURNING id",
-                            t=t,
-                        ),
-                        (pending,),
+                # One pass in id order: new ids inserted, existing rows locked (`WHERE
+                # false` locks without updating; a row another writer is inserting is
+                # waited for, then locked), so concurrent writers take rows in one order.
+                await cur.execute(
+                    q(
+                        f"INSERT INTO {{t}} ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM {STAGING} "
+                        "ORDER BY id ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id WHERE false "
+                        "RETURNING id",
+                        t=t,
                     )
-                    inserted = {r[0] for r in await cur.fetchall()}
-                    rest = [i for i in pending if i not in inserted]
-                    if rest:
-                        old.update(await self._lock(cur, rest))
-                    pending = [i for i in rest if i not in old]
+                )
+                inserted = {r[0] for r in await cur.fetchall()}
+                old = await self._replaced(cur, [i for i in ids if i not in inserted])
                 if old:
                     await cur.execute(
                         q(
