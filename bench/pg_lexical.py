@@ -7,6 +7,10 @@ legs a hybrid search runs (dense `candidates` deep and lexical), one after the o
 concurrently (what `service.runtime.search` does now).
 
     .venv/bin/python bench/pg_lexical.py --docs 20000 --queries 200
+
+Measured once so (2 cores shared with other work, 384 dims, hnsw), p50 / p99 ms: lexical
+17.5 / 160 with the former jsonb GIN scan, 5.3 / 24 with the inverted index; hybrid 27.6 /
+164 legs in turn before, 14.5 / 29 legs at once after; dense 5.8 and 8.7 (noise).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from service.runtime.index import IndexSpec
 from service.runtime.store.base import CollectionSpec, Document, ModelInfo
 from service.runtime.store.postgres import PostgresStore
 from service.runtime.store.postgres_pool import PostgresOptions
+from service.runtime.types import FloatArray
 from service.runtime.whitening import Whitening
 
 
@@ -46,9 +51,10 @@ def paragraphs(n: int) -> list[str]:
     return out
 
 
-def unit(rng: np.random.Generator, n: int, dims: int) -> np.ndarray:
+def unit(rng: np.random.Generator, n: int, dims: int) -> FloatArray:
     v = rng.standard_normal((n, dims)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    out: FloatArray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
 
 
 def pct(values: list[float], p: float) -> float:
