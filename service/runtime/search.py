@@ -3,7 +3,8 @@
 - `dense`: the query's vector against the collection's whitened vectors (the store's ANN
   index);
 - `lexical`: BM25 over the collection's analysed terms (the store's lexical index);
-- `hybrid`: both lists, each `candidates` deep, fused (`service.runtime.fusion`).
+- `hybrid`: both lists, each `candidates` deep, searched concurrently, fused
+  (`service.runtime.fusion`).
 
 `rerank` rescores the top N results with the bundle's cross-encoder, which reads query and
 document together. Filters apply to every list, so every mode returns k results whenever k
@@ -12,6 +13,7 @@ documents match.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -110,14 +112,14 @@ async def run_search(
     if mode == "lexical":
         hits = _as_fused("lexical", await collection.lexical(request.query, depth, request.where))
     else:
-        emb = await engine.embed([request.query], whiten=False, normalize=False)
         if mode == "dense":
+            emb = await engine.embed([request.query], whiten=False, normalize=False)
             dense = await collection.search(emb.vectors, depth, request.where)
             hits = _as_fused("dense", dense)
         else:
-            wide = max(depth, fusion.candidates)
-            dense = await collection.search(emb.vectors, wide, request.where)
-            lexical = await collection.lexical(request.query, wide, request.where)
+            dense, lexical = await _both_legs(
+                collection, engine, request, max(depth, fusion.candidates)
+            )
             hits = fuse({"dense": dense, "lexical": lexical}, fusion, depth)
     reranked = 0
     if request.rerank and hits:
@@ -125,6 +127,23 @@ async def run_search(
     if observer is not None:
         observer.search_request(mode, time.perf_counter() - started)
     return SearchResult(hits[: request.k], mode, reranked)
+
+
+async def _both_legs(
+    collection: StoredCollection, engine: Engine, request: SearchRequest, wide: int
+) -> tuple[list[Hit], list[Hit]]:
+    """Hybrid's two lists, concurrently: the lexical leg starts at once and runs while the
+    query is encoded and the dense leg searched (each on a connection or thread of its own);
+    the dense leg failing cancels the lexical one."""
+    lexical = asyncio.ensure_future(collection.lexical(request.query, wide, request.where))
+    try:
+        emb = await engine.embed([request.query], whiten=False, normalize=False)
+        dense = await collection.search(emb.vectors, wide, request.where)
+    except BaseException:
+        lexical.cancel()
+        await asyncio.gather(lexical, return_exceptions=True)
+        raise
+    return dense, await lexical
 
 
 def check_fusion(fusion: FusionParams, limits: SearchLimits) -> None:

@@ -2,10 +2,11 @@
 
 Documents, metadata (jsonb, GIN-indexed for filters), raw pooled vectors (bytea, so refits
 and index changes never re-encode), whitened vectors (pgvector, HNSW or ivfflat with inner
-product) and each document's term counts (jsonb, GIN-indexed, for BM25) live in the
-database; each replica holds only connections and a cache of whitening transforms keyed by
-(collection id, version), which never change once written. So a write acknowledged by one
-replica is visible to every other at once, and there is nothing to invalidate.
+product) and each document's term counts, with an inverted index made of them (postings and
+document frequencies, for BM25), live in the database; each replica holds only connections
+and a cache of whitening transforms keyed by (collection id, version), which never change
+once written. So a write acknowledged by one replica is visible to every other at once, and
+there is nothing to invalidate.
 
 Concurrency: writers of a collection hold a shared advisory lock on it for their
 transaction, rebuilds (index changes, refits, drops) an exclusive one, so a rebuild never
@@ -46,7 +47,14 @@ from service.runtime.store.postgres_catalog import (
 )
 from service.runtime.store.postgres_pool import PostgresOptions, PostgresPool
 from service.runtime.store.postgres_rebuild import Rebuilder
-from service.runtime.store.postgres_schema import Row, create_docs_table, docs_table, jsonb, q
+from service.runtime.store.postgres_schema import (
+    Row,
+    create_docs_table,
+    docs_table,
+    drop_tables,
+    jsonb,
+    q,
+)
 from service.runtime.store.postgres_search import bm25, nearest
 from service.runtime.store.postgres_writer import PostgresWriter
 from service.runtime.types import FloatArray
@@ -282,7 +290,7 @@ class PostgresStore(CollectionStore):
                 if if_empty and row.count:
                     return False
                 await conn.execute("DELETE FROM simsvc_collections WHERE id = %s", (row.id,))
-                await conn.execute(q("DROP TABLE IF EXISTS {t}", t=row.tbl))
+                await conn.execute(drop_tables(row.tbl))
         self.observer.forget(name)
         log.info("collection %s deleted", name)
         return True

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import ValidationError
+from service.errors import ConflictError, ValidationError
 from service.runtime.store.base import StoreUnavailableError
 from service.runtime.store.postgres_schema import STAGING
 
@@ -165,6 +165,11 @@ class PostgresPool:
             raise StoreUnavailableError(
                 f"the database did not answer within the statement timeout "
                 f"({self.options.statement_timeout_s:g} s); retry later"
+            ) from exc
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+            # A deadlock between writers of overlapping ids: the database is fine.
+            raise ConflictError(
+                f"a concurrent write to the same documents conflicted ({exc}); retry"
             ) from exc
         except psycopg.OperationalError as exc:
             self._down(exc)

@@ -41,6 +41,8 @@ from service.runtime.store.postgres_schema import (
     create_docs_table,
     create_vector_index,
     docs_table,
+    drop_tables,
+    fill_lexical_tables,
     jsonb,
     q,
     vector_index_prefix,
@@ -104,7 +106,8 @@ class Rebuilder:
                     await conn.execute(create_docs_table(tbl, new_dims))
                     await self._copy_rewhitened(conn, row.tbl, tbl, white, new_dims)
                     trained = await self.create_index(conn, tbl, new_spec, row.count)
-                    await conn.execute(q("DROP TABLE {t}", t=row.tbl))
+                    await conn.execute(fill_lexical_tables(tbl))
+                    await conn.execute(drop_tables(row.tbl))
                 elif force_index or index_changed(row.spec, new_spec):
                     old = await self._vector_indexes(conn, tbl)
                     trained = await self.create_index(conn, tbl, new_spec, row.count)
@@ -113,6 +116,7 @@ class Rebuilder:
                 lex_total = row.lex_total
                 if analyzer is not None and analyzer != row.analyzer:
                     lex_total = await self._reanalyse(conn, tbl, analyzer)
+                    await conn.execute(fill_lexical_tables(tbl))
                 await conn.execute(
                     "UPDATE simsvc_collections SET tbl = %s, generation = %s, kind = %s, "
                     "params = %s, dims = %s, whitening = %s, trained_on = %s, analyzer = %s, "

@@ -4,8 +4,11 @@ helpers of one collection.
 Layout: a catalog row per collection (`simsvc_collections`: model, index config, current
 whitening version, lexical analyser and size, search defaults, change sequence, count, and
 the name of its documents table), its whitening versions as plain float32 arrays
-(`simsvc_whitenings`), and one documents table per collection generation
-(`simsvc_docs_<id>_<generation>`).
+(`simsvc_whitenings`), and per collection generation a documents table
+(`simsvc_docs_<id>_<generation>`) with its lexical index beside it: postings
+(`<docs>_post`: term, document, count in it, the document's length) and term statistics
+(`<docs>_terms`: term, document frequency), kept in the same transaction as the documents
+(`postgres_writer`), so a BM25 query reads only its own terms' postings.
 
 Why a table per collection rather than one table with a collection key: each collection has
 its own vector dims (a pgvector column and its HNSW/ivfflat index need one fixed dimension)
@@ -66,6 +69,27 @@ MIGRATIONS: tuple[str, ...] = (
         w bytea,
         PRIMARY KEY (collection, version)
     );
+    """,
+    # 2: an inverted index per collection generation (postings and document frequencies),
+    # made from each row's term counts; the jsonb GIN index it replaces goes.
+    """
+    DO $$
+    DECLARE
+        t text;
+    BEGIN
+        FOR t IN SELECT tbl FROM simsvc_collections WHERE tbl <> '' LOOP
+            EXECUTE format(
+                'CREATE TABLE %1$I (term text NOT NULL, doc text NOT NULL, tf integer NOT NULL,'
+                ' dl integer NOT NULL, PRIMARY KEY (term, doc) INCLUDE (tf, dl));'
+                ' CREATE TABLE %2$I (term text PRIMARY KEY, df bigint NOT NULL);'
+                ' INSERT INTO %1$I (term, doc, tf, dl) SELECT e.key, d.id, e.value::integer,'
+                ' d.lex_len FROM %3$I d, jsonb_each_text(d.tf) e;'
+                ' INSERT INTO %2$I (term, df) SELECT term, count(*) FROM %1$I GROUP BY term;'
+                ' DROP INDEX IF EXISTS %4$I;',
+                t || '_post', t || '_terms', t, t || '_lex');
+        END LOOP;
+    END
+    $$;
     """,
 )
 
@@ -159,12 +183,66 @@ def docs_table(collection_id: int, generation: int) -> str:
     return f"simsvc_docs_{collection_id}_{generation}"
 
 
-def create_docs_table(table: str, dims: int) -> sql.Composed:
-    """The documents table of one collection generation (no vector index yet).
+def postings_table(table: str) -> str:
+    """The postings of a documents table: (term, doc) -> the term's count, the doc's length."""
+    return f"{table}_post"
 
-    `tf` maps each analysed term to its count in the document (a GIN index finds the
-    documents holding any query term), `lex_len` is the document's number of terms: with
-    the catalog's total and count they are everything BM25 needs."""
+
+def terms_table(table: str) -> str:
+    """The term statistics of a documents table: term -> documents holding it."""
+    return f"{table}_terms"
+
+
+def create_lexical_tables(table: str) -> sql.Composed:
+    """The inverted index of a documents table (empty).
+
+    The postings' primary key carries the count and the length, so a query term's postings
+    are one range of one index (an index-only scan once the table is vacuumed)."""
+    return sql.SQL(
+        """
+        CREATE TABLE {post} (
+            term text NOT NULL,
+            doc text NOT NULL,
+            tf integer NOT NULL,
+            dl integer NOT NULL,
+            PRIMARY KEY (term, doc) INCLUDE (tf, dl)
+        );
+        CREATE TABLE {terms} (term text PRIMARY KEY, df bigint NOT NULL);
+        """
+    ).format(post=sql.Identifier(postings_table(table)), terms=sql.Identifier(terms_table(table)))
+
+
+def fill_lexical_tables(table: str) -> sql.Composed:
+    """Empty a documents table's inverted index and make it again from the rows' term
+    counts (a new generation, a new analyser)."""
+    return q(
+        "DELETE FROM {p}; DELETE FROM {s}; "
+        "INSERT INTO {p} (term, doc, tf, dl) SELECT e.key, d.id, e.value::integer, d.lex_len "
+        "FROM {t} d, jsonb_each_text(d.tf) e ORDER BY 1, 2; "
+        "INSERT INTO {s} (term, df) SELECT term, count(*) FROM {p} GROUP BY term",
+        t=table,
+        p=postings_table(table),
+        s=terms_table(table),
+    )
+
+
+def drop_tables(table: str) -> sql.Composed:
+    """A documents table and its inverted index."""
+    return q(
+        "DROP TABLE IF EXISTS {t}, {p}, {s}",
+        t=table,
+        p=postings_table(table),
+        s=terms_table(table),
+    )
+
+
+def create_docs_table(table: str, dims: int) -> sql.Composed:
+    """The documents table of one collection generation (no vector index yet), and its
+    inverted index.
+
+    `tf` maps each analysed term to its count in the document, `lex_len` is the document's
+    number of terms: the source the postings are made from (and made again from when the
+    analyser changes); the postings and term statistics are what BM25 reads."""
     t = sql.Identifier(table)
     return sql.SQL(
         """
@@ -178,13 +256,13 @@ def create_docs_table(table: str, dims: int) -> sql.Composed:
             lex_len integer NOT NULL
         );
         CREATE INDEX {meta} ON {t} USING gin (metadata jsonb_path_ops);
-        CREATE INDEX {lex} ON {t} USING gin (tf);
+        {lexical}
         """
     ).format(
         t=t,
         dims=sql.Literal(dims),
         meta=sql.Identifier(f"{table}_meta"),
-        lex=sql.Identifier(f"{table}_lex"),
+        lexical=create_lexical_tables(table),
     )
 
 
