@@ -110,7 +110,7 @@ async def run_search(
     if mode == "lexical":
         hits = _as_fused("lexical", await collection.lexical(request.query, depth, request.where))
     else:
-        emb = await engine.embed([request.query], whiten=False, normalize=False)
+        emb = await engine.embed([request.query], whiten=False, normalize=False, role="query")
         if mode == "dense":
             dense = await collection.search(emb.vectors, depth, request.where)
             hits = _as_fused("dense", dense)
