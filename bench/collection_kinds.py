@@ -29,6 +29,7 @@ from service.runtime.assembly import EngineOptions, encoder_from_bundle
 from service.runtime.bundle import load_bundle
 from service.runtime.encoder import encode_texts
 from service.runtime.index import INDEX_KINDS, IndexSpec, set_threads
+from service.runtime.prompts import PromptedEncoder
 from service.runtime.stats import ndcg_at_k
 from service.runtime.store.local import LocalStore
 from service.runtime.store.local_collection import LocalCollection
@@ -65,7 +66,9 @@ def main() -> int:
     bundle = load_bundle(args.bundle)
     m = bundle.manifest
     encoder = encoder_from_bundle(bundle, EngineOptions(threads=args.threads, onnx_spin=True))
-    raw = encode_texts(encoder, [queries[q] for q in qids])[m.pooling]
+    # Queries as the service's search reads them: with the bundle's query prompt.
+    prompted = PromptedEncoder(encoder, bundle.prompts.text(None, "query"))
+    raw = encode_texts(prompted, [queries[q] for q in qids])[m.pooling]
     vectors = current.embed(raw)
 
     def doc_ids(ids: np.ndarray) -> list[str]:

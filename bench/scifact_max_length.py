@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 from models.beir import read_beir_qrels, read_beir_queries, to_document
 from service.runtime.bundle import load_bundle
 from service.runtime.encoder import OnnxEncoder, encode_texts
+from service.runtime.prompts import PromptedEncoder
 from service.runtime.stats import l2_normalize, ndcg_at_k
 from service.runtime.types import FloatArray
 from service.runtime.whitening import WhiteningAccumulator
@@ -49,8 +50,12 @@ def main() -> int:
 
     bundle = load_bundle(args.bundle)
     pooling = bundle.manifest.pooling
+    # Documents and queries as the service reads them: each with the bundle's prompt.
+    doc_prompt = bundle.prompts.text(None, "document")
+    query_prompt = bundle.prompts.text(None, "query")
     tokenizer = Tokenizer.from_file(str(bundle.tokenizer_path))
-    lengths = np.array([len(e.ids) for e in tokenizer.encode_batch(list(corpus.values()))])
+    prompted = [doc_prompt + t for t in corpus.values()]
+    lengths = np.array([len(e.ids) for e in tokenizer.encode_batch(prompted)])
     print(f"corpus: {len(lengths)} documents, median {np.median(lengths):.0f} tokens")
     for length in args.lengths:
         print(
@@ -70,10 +75,12 @@ def main() -> int:
         encoder = OnnxEncoder(
             bundle.model_path, bundle.tokenizer_path, length, bundle.manifest.pad_id, args.threads
         )
+        as_document = PromptedEncoder(encoder, doc_prompt)
+        as_query = PromptedEncoder(encoder, query_prompt)
         started = time.perf_counter()
-        docs = encode_texts(encoder, [corpus[i] for i in ids])[pooling]
+        docs = encode_texts(as_document, [corpus[i] for i in ids])[pooling]
         seconds = time.perf_counter() - started
-        qs = encode_texts(encoder, [queries[q] for q in qids])[pooling]
+        qs = encode_texts(as_query, [queries[q] for q in qids])[pooling]
         acc = WhiteningAccumulator(docs.shape[1])
         acc.update(docs)
         target = acc.fit()

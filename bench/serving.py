@@ -24,6 +24,7 @@ from models.datasets import read_pairs
 from service.runtime.assembly import EngineOptions, encoder_from_bundle
 from service.runtime.bundle import load_bundle
 from service.runtime.encoder import encode_texts
+from service.runtime.prompts import PromptedEncoder
 
 
 def reference_bundle() -> Path:
@@ -70,7 +71,11 @@ def main() -> None:
 
     b = load_bundle(bundle_dir)
     # In-process has no event loop to compete with: spinning is its fastest setting.
-    core = encoder_from_bundle(b, EngineOptions(threads=args.threads, onnx_spin=True))
+    # The texts the server encodes: /v1/embeddings puts the bundle's default prompt first.
+    core = PromptedEncoder(
+        encoder_from_bundle(b, EngineOptions(threads=args.threads, onnx_spin=True)),
+        b.prompts.text(None, "default"),
+    )
     encode_texts(core, texts[:64])
     inproc = median(
         [

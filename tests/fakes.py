@@ -27,6 +27,8 @@ class FakeEncoder:
         self.delay = delay
         self.fail: Exception | None = None
         self.batches: list[int] = []
+        self.texts: list[str] = []
+        """Every text tokenized, in order, as the encoder read it (prompt included)."""
         self._lock = threading.Lock()
         # A test can hold batches at the encoder (set `gate` to an unset Event) and learn
         # when one arrived (`entered`), to see the queue fill without relying on timing.
@@ -53,6 +55,8 @@ class FakeEncoder:
         return wrap_ids(ids, [101], [102], self._max_length)
 
     def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
+        with self._lock:
+            self.texts.extend(texts)
         out = []
         for text in texts:
             ids = [101] + [1000 + zlib.crc32(w.lower().encode()) % 30000 for w in text.split()]
@@ -93,6 +97,8 @@ class FakeCrossEncoder:
         self.delay = delay
         self.fail: Exception | None = None
         self.batches: list[int] = []
+        self.pairs: list[tuple[str, str | None]] = []
+        """Every pair tokenized, in order, as the cross-encoder read it."""
         self._lock = threading.Lock()
 
     @property
@@ -110,6 +116,8 @@ class FakeCrossEncoder:
     def tokenize_pairs(
         self, pairs: Sequence[tuple[str, str | None]], direction: str = "right"
     ) -> list[Tokenized]:
+        with self._lock:
+            self.pairs.extend(pairs)
         out = []
         for a, b in pairs:
             ia, ib = self._ids(a), self._ids(b or "")

@@ -116,6 +116,14 @@ Dimensions = Annotated[
         json_schema_extra=limit(maximum="dims"),
     ),
 ]
+PromptName = Annotated[
+    str | None,
+    Field(
+        default=None,
+        description="one of the model's prompts (GET /info lists them), put before each text; "
+        "default: the model's default prompt",
+    ),
+]
 Truncate = Annotated[
     StrictBool,
     Field(
@@ -217,6 +225,7 @@ class EmbedRequest(BaseModel):
         default=None, description="default: whiten when the pooling is the bundle's"
     )
     dimensions: Dimensions = None
+    prompt_name: PromptName = None
 
 
 class OpenAIEmbeddingRequest(BaseModel):
@@ -239,6 +248,7 @@ class OpenAIEmbeddingRequest(BaseModel):
         "(without special tokens); without it they are refused unless the service accepts "
         "them (setting accept_token_ids)",
     )
+    prompt_name: PromptName = None
 
 
 class EmbeddingItem(BaseModel):
@@ -283,7 +293,7 @@ class TEIParameters(BaseModel):
     truncation_direction: Literal["right", "Right"] | None = Field(
         default=None, description="only right truncation is offered"
     )
-    prompt_name: None = Field(default=None, description="prompts are not offered")
+    prompt_name: PromptName = None
 
 
 class TEIFeatureExtraction(EmbedRequest):

@@ -313,12 +313,15 @@ class Collections:
     # -- documents -----------------------------------------------------------------------
 
     async def encode(self, engine: Engine, texts: Sequence[str]) -> FloatArray:
-        """Raw pooled vectors; waits (bounded) for room in the encoder queue."""
+        """Raw pooled vectors of documents (the bundle's document prompt before each); waits
+        (bounded) for room in the encoder queue."""
         deadline = time.monotonic() + self.limits.queue_timeout_s
         delay = 0.02
         while True:
             try:
-                emb = await engine.embed(texts, whiten=False, normalize=False, limit=len(texts))
+                emb = await engine.embed(
+                    texts, whiten=False, normalize=False, limit=len(texts), role="document"
+                )
                 return emb.vectors
             except QueueFullError:
                 if time.monotonic() + delay > deadline:

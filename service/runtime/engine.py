@@ -34,6 +34,7 @@ from service.runtime.bundle import Bundle, load_bundle
 from service.runtime.cross import CrossScorer, CrossScores, Direction, PairInput
 from service.runtime.encoder import EncoderCore, Tokenized
 from service.runtime.head import PairHead, make_views
+from service.runtime.prompts import Prompts, Role
 from service.runtime.stats import l2_normalize
 from service.runtime.types import FloatArray, Timings
 from service.runtime.whitening import Whitening
@@ -106,6 +107,7 @@ class Engine:
         observer: EngineObserver | None = None,
         inline_tokenize_chars: int = 2000,
         cross: CrossScorer | None = None,
+        prompts: Prompts | None = None,
     ) -> None:
         if pooling not in core.outputs:
             raise ValueError(f"pooling {pooling!r} is not among the encoder outputs {core.outputs}")
@@ -128,6 +130,9 @@ class Engine:
         self._observer: EngineObserver = observer or _NullEngineObserver()
         self._inline_chars = inline_tokenize_chars
         self.cross = cross
+        self.prompts = prompts or Prompts()
+        """The bundle's prompts, put before texts (never token ids, never the cross-encoder's
+        pairs) so the encoder reads them as it was trained and fitted to."""
 
     @classmethod
     def assemble(
@@ -141,6 +146,7 @@ class Engine:
         head: PairHead | None = None,
         cross: CrossScorer | None = None,
         observer: EncoderObserver | None = None,
+        prompts: Prompts | None = None,
     ) -> Engine:
         """An encoder core behind a batcher, with the options' limits (any core: the
         bundle's ONNX session, or a fake one in tests)."""
@@ -163,6 +169,7 @@ class Engine:
             similar_threshold=options.similar_threshold,
             observer=observer,
             cross=cross,
+            prompts=prompts,
         )
 
     @classmethod
@@ -190,6 +197,7 @@ class Engine:
             head=bundle.head,
             cross=cross_from_bundle(bundle, options, cross_observer),
             observer=observer,
+            prompts=bundle.prompts,
         )
 
     @property
@@ -340,11 +348,17 @@ class Engine:
         truncate: bool = True,
         dims: int | None = None,
         limit: int | None = None,
+        prompt_name: str | None = None,
+        role: Role = "default",
     ) -> Embeddings:
-        """Vectors of `texts`: pooled, whitened (bundle pooling only), cut to `dims`, normalised."""
+        """Vectors of `texts`: pooled, whitened (bundle pooling only), cut to `dims`, normalised.
+
+        Each text gets the prompt `prompt_name` names, else the one the bundle gives `role`,
+        before tokenizing: the token limit counts it. Limits count the text as sent."""
         self._check_texts(texts, limit or self.limits.max_texts, "texts")
         pooling, whiten = self.resolve_output(pooling, whiten, dims)
-        pooled, tokens, timings = await self._encode(texts, truncate)
+        prompted = self.prompts.apply(texts, prompt_name, role)
+        pooled, tokens, timings = await self._encode(prompted, truncate)
         return self._vectors(pooled, tokens, timings, pooling, whiten, normalize, dims)
 
     async def embed_ids(
@@ -365,7 +379,8 @@ class Engine:
     async def similarity(
         self, pairs: Sequence[tuple[str, str]], truncate: bool = True
     ) -> PairScores:
-        """Whitened cosine of each pair, plus the head's probability when the bundle has one."""
+        """Whitened cosine of each pair, plus the head's probability when the bundle has one.
+        Both texts take the query prompt (the whitening and the head were fitted so)."""
         if not pairs:
             raise ValidationError("no pairs given")
         if len(pairs) > self.limits.max_pairs:
@@ -378,7 +393,8 @@ class Engine:
             index.setdefault(b, len(index))
         texts = list(index)
         self._check_texts(texts, 2 * self.limits.max_pairs, "texts")
-        pooled, tokens, timings = await self._encode(texts, truncate)
+        prompted = self.prompts.apply(texts, None, "query")
+        pooled, tokens, timings = await self._encode(prompted, truncate)
         raw = pooled[self.pooling]
         white = self.whitening.apply(raw)
         ia = np.fromiter((index[a] for a, _ in pairs), dtype=np.int64, count=len(pairs))

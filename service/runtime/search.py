@@ -113,7 +113,7 @@ async def run_search(
         hits = _as_fused("lexical", await collection.lexical(request.query, depth, request.where))
     else:
         if mode == "dense":
-            emb = await engine.embed([request.query], whiten=False, normalize=False)
+            emb = await engine.embed([request.query], whiten=False, normalize=False, role="query")
             dense = await collection.search(emb.vectors, depth, request.where)
             hits = _as_fused("dense", dense)
         else:
@@ -137,7 +137,7 @@ async def _both_legs(
     the dense leg failing cancels the lexical one."""
     lexical = asyncio.ensure_future(collection.lexical(request.query, wide, request.where))
     try:
-        emb = await engine.embed([request.query], whiten=False, normalize=False)
+        emb = await engine.embed([request.query], whiten=False, normalize=False, role="query")
         dense = await collection.search(emb.vectors, wide, request.where)
     except BaseException:
         lexical.cancel()

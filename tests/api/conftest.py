@@ -13,6 +13,7 @@ from service.options import engine_options
 from service.runtime.assembly import assemble_cross
 from service.runtime.engine import Engine
 from service.runtime.head import Calibration, PairHead, feature_dims
+from service.runtime.prompts import Prompts
 from service.runtime.whitening import Whitening, WhiteningAccumulator
 from service.settings import Settings
 from tests.builders import sentences
@@ -35,13 +36,17 @@ CROSS_CALIBRATION = Calibration("sigmoid", a=0.5, b=-0.25)
 
 
 def fake_factory(
-    core: FakeEncoder | None = None, cross: FakeCrossEncoder | None = None
+    core: FakeEncoder | None = None,
+    cross: FakeCrossEncoder | None = None,
+    prompts: Prompts | None = None,
 ) -> Callable[[Settings, Metrics], Engine]:
-    """An engine on the fake encoder; with `cross`, the fake cross-encoder beside it."""
+    """An engine on the fake encoder; with `cross`, the fake cross-encoder beside it; with
+    `prompts`, a bundle's prompts (the encoder's `texts` then shows what reached it)."""
 
     def factory(settings: Settings, metrics: Metrics) -> Engine:
         enc = core or FakeEncoder(dims=DIMS)
         whitening, head = fake_parts(enc)
+        enc.texts.clear()  # the whitening's sentences are not requests
         options = engine_options(settings)
         scorer = None
         if cross is not None:
@@ -62,6 +67,7 @@ def fake_factory(
             head=head,
             cross=scorer,
             observer=metrics,
+            prompts=prompts,
         )
 
     return factory

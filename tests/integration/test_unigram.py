@@ -4,10 +4,12 @@ token type, and sentence-transformers prompts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from tokenizers import Tokenizer
 
 from models.build import BuildOptions, build_bundle
@@ -16,6 +18,7 @@ from models.evaluate import bundle_cross_encoder, bundle_encoder
 from service.runtime.bundle import Bundle, load_bundle
 from service.runtime.encoder import OnnxEncoder, encode_texts, pad_batch
 from service.runtime.prompts import PromptedEncoder
+from service.settings import Settings
 from tests.builders import write_tiny_unigram_checkpoint
 
 PROMPTS = {"query": "query: ", "passage": "passage: "}
@@ -130,3 +133,37 @@ def test_the_cross_encoder_uses_the_tokenizer_s_xlmr_pair_template(
     assert tok.type_ids is None
     (long,) = core.tokenize_pairs([(" ".join(TEXTS * 5), "a dog")])
     assert long.truncated and len(long) == 24 and long.ids[-1] == 2
+
+
+def test_the_server_reads_texts_with_the_bundle_s_prompts(
+    make_client: Callable[..., TestClient], unigram_bundle: Bundle, tmp_path: Path
+) -> None:
+    """Through the real ONNX bundle: /embed's default prompt, a named one, and a collection
+    that stores documents with the passage prompt and searches with the query prompt."""
+    m = unigram_bundle.manifest
+    core = OnnxEncoder(unigram_bundle.model_path, unigram_bundle.tokenizer_path, 32, m.pad_id)
+
+    def served(texts: list[str]) -> np.ndarray:
+        return unigram_bundle.whitening.apply(encode_texts(core, texts)["mean"])
+
+    settings = Settings(bundle=unigram_bundle.directory, threads=1, data_dir=tmp_path / "data")
+    client = make_client(settings)
+    info = client.get("/info").json()["prompts"]
+    assert (info["prompts"], info["default"], info["document"]) == (PROMPTS, "query", "passage")
+    got = np.asarray(client.post("/embed", json={"inputs": "x"}).json()[0])
+    assert np.allclose(got, served(["query: x"])[0], atol=1e-5)
+    assert not np.allclose(got, served(["x"])[0], atol=1e-3)
+    named = client.post("/embed", json={"inputs": "x", "prompt_name": "passage"}).json()[0]
+    assert np.allclose(named, served(["passage: x"])[0], atol=1e-5)
+
+    docs = ["the man plays the guitar in the park today", "一个男人在弹吉他"]
+    body = {"documents": [{"id": str(i), "text": t} for i, t in enumerate(docs)]}
+    assert client.post("/v1/collections/c/documents", json=body).status_code == 200
+    search = {"query": "red car", "k": 2, "mode": "dense"}
+    hits = client.post("/v1/collections/c/search", json=search).json()["results"]
+    query = served(["query: red car"])[0]
+    stored = served([f"passage: {t}" for t in docs])
+    for hit in hits:
+        assert hit["score"] == pytest.approx(float(stored[int(hit["id"])] @ query), abs=1e-5)
+    unprompted = served(docs) @ query
+    assert not np.allclose(stored @ query, unprompted, atol=1e-3)

@@ -39,15 +39,16 @@ async def create_embeddings(
     body: OpenAIEmbeddingRequest, engine: EngineDep, state: StateDep
 ) -> ORJSONResponse:
     """Embed texts (OpenAI-compatible): whitened, normalised, optionally cut to
-    `dimensions`. Token ids only of this model's vocabulary, without special tokens, and only
-    with `token_ids: "model"` (or the setting accept_token_ids)."""
+    `dimensions`; texts take `prompt_name`'s prompt, else the model's default. Token ids
+    only of this model's vocabulary, without special tokens, and only with
+    `token_ids: "model"` (or the setting accept_token_ids)."""
     given = body.input
     emb: Embeddings
-    if isinstance(given, str):
-        emb = await engine.embed([given], truncate=body.truncate, dims=body.dimensions)
-    elif given and all(isinstance(x, str) for x in given):
-        texts = cast(list[str], given)
-        emb = await engine.embed(texts, truncate=body.truncate, dims=body.dimensions)
+    if isinstance(given, str) or (given and all(isinstance(x, str) for x in given)):
+        texts = [given] if isinstance(given, str) else cast(list[str], given)
+        emb = await engine.embed(
+            texts, truncate=body.truncate, dims=body.dimensions, prompt_name=body.prompt_name
+        )
     else:
         flat = given and all(isinstance(x, int) for x in given)
         ids = cast(list[list[int]], [given] if flat else given)
@@ -95,6 +96,12 @@ def _check_token_ids(
     longer than the model takes (two places go to the special tokens)."""
     if body.token_ids != "model" and not accept:
         raise ValidationError(TOKEN_IDS_REFUSED, param="input")
+    if body.prompt_name is not None:
+        raise ValidationError(
+            "prompt_name applies to texts; token ids are encoded as they are (put the "
+            "prompt's ids before them)",
+            param="prompt_name",
+        )
     if not body.truncate:
         room = engine.core.max_length - 2
         for i, row in enumerate(ids):
@@ -136,6 +143,7 @@ async def embed_texts(body: EmbedRequest, engine: Engine) -> ORJSONResponse:
         normalize=body.normalize,
         truncate=body.truncate,
         dims=body.dimensions,
+        prompt_name=body.prompt_name,
     )
     return ORJSONResponse(emb.vectors, headers=timing_headers(emb.timings))
 

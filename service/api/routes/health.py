@@ -52,7 +52,8 @@ async def ready(state: StateDep) -> ORJSONResponse:
 
 @router.get("/info", dependencies=[ReadScope], responses=errors(503))
 async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
-    """The model, pooling, dims, whitening, head, limits and versions."""
+    """The model, pooling, dims, whitening, head, prompts (and the one each use takes:
+    default, query, document), limits and versions."""
     import onnxruntime
 
     settings = state.settings
@@ -85,6 +86,10 @@ async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
                 **(manifest.head.model_dump() if manifest and manifest.head else {}),
             }
         ),
+        "prompts": {
+            "prompts": dict(engine.prompts.prompts),
+            **engine.prompts.roles(),
+        },
         "cross_encoder": _cross_info(engine, manifest),
         "bundle": None
         if manifest is None

@@ -54,7 +54,8 @@ async def score_pairs(body: SimilarityRequest, engine: EngineDep) -> ORJSONRespo
 
 
 async def score_sentences_of(body: TEISimilarityRequest, engine: Engine) -> ORJSONResponse:
-    """TEI's /similarity answer: the cosine of the source with each sentence."""
+    """TEI's /similarity answer: the cosine of the source with each sentence, all with the
+    query prompt, as pairs on /v1/similarity."""
     sentences = body.inputs.sentences
     if len(sentences) > engine.limits.max_texts:
         raise TooManyTextsError(
@@ -65,6 +66,7 @@ async def score_sentences_of(body: TEISimilarityRequest, engine: Engine) -> ORJS
         [body.inputs.source_sentence, *sentences],
         truncate=body.truncate,
         limit=engine.limits.max_texts + 1,
+        role="query",
     )
     scores = emb.vectors[1:] @ emb.vectors[0]
     return ORJSONResponse(np.asarray(scores, dtype=np.float32), headers=timing_headers(emb.timings))

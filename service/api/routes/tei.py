@@ -53,7 +53,9 @@ async def _feature_extraction(body: TEIFeatureExtraction, engine: Engine) -> ORJ
     if given is None:
         return await embed_texts(body, engine)
     engine.resolve_output(body.pooling, body.whiten, body.dimensions)
-    update = given.model_dump(exclude_none=True, include={"normalize", "truncate", "dimensions"})
+    engine.prompts.name_for(body.prompt_name)
+    fields = {"normalize", "truncate", "dimensions", "prompt_name"}
+    update = given.model_dump(exclude_none=True, include=fields)
     return await embed_texts(body.model_copy(update=update), engine)
 
 
