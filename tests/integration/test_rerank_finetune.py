@@ -30,7 +30,7 @@ def write_beir_folder(root: Path, n_docs: int = 40, seed: int = 0) -> Path:
     with open(root / "queries.jsonl", "w") as fh:
         for i, text in enumerate(docs):
             words = text.split()
-            query = " ".join(rng.sample(words, min(4, len(words))) + [rng.choice(WORDS)])
+            query = " ".join([*rng.sample(words, min(4, len(words))), rng.choice(WORDS)])
             fh.write(json.dumps({"_id": f"q{i}", "text": query}) + "\n")
     header = "query-id\tcorpus-id\tscore"
     dev = {i for i in range(n_docs) if i % 4 == 0}
@@ -66,9 +66,14 @@ def test_mined_negatives_are_top_ranked_and_not_relevant() -> None:
 
 def test_training_data_negatives_come_from_the_hybrid_ranking(beir: Path, base: Path) -> None:
     opts = FinetuneOptions(
-        model=str(base), pairs=[beir], out=Path("unused"), objective="rerank", epochs=1,
-        negatives=3, negative_depth=8,
-    )  # fmt: skip
+        model=str(base),
+        pairs=[beir],
+        out=Path("unused"),
+        objective="rerank",
+        epochs=1,
+        negatives=3,
+        negative_depth=8,
+    )
     cfg = resolve_config(opts)
     data = rerank_training_data(cfg, "cpu", "fp32")
     again = rerank_training_data(cfg, "cpu", "fp32")
@@ -110,7 +115,7 @@ def test_rerank_objective_trains_and_reports_reranked_ndcg(
             rerank_loss=loss,
             progress=False,
             device="cpu",
-        ),  # fmt: skip
+        ),
         say=lambda _: None,
     )
     assert card["kind"] == "reranker" and card["objective"] == "rerank"
