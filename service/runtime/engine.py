@@ -28,6 +28,7 @@ from service.runtime.assembly import (
     cross_from_bundle,
     encoder_from_bundle,
     make_batcher,
+    reranker_from_bundle,
 )
 from service.runtime.batching import BatchObserver, DynamicBatcher
 from service.runtime.bundle import Bundle, load_bundle
@@ -106,6 +107,7 @@ class Engine:
         observer: EngineObserver | None = None,
         inline_tokenize_chars: int = 2000,
         cross: CrossScorer | None = None,
+        reranker: CrossScorer | None = None,
     ) -> None:
         if pooling not in core.outputs:
             raise ValueError(f"pooling {pooling!r} is not among the encoder outputs {core.outputs}")
@@ -128,6 +130,8 @@ class Engine:
         self._observer: EngineObserver = observer or _NullEngineObserver()
         self._inline_chars = inline_tokenize_chars
         self.cross = cross
+        self.reranker = reranker
+        """The relevance reranker: search `rerank` and /rerank use it when present."""
 
     @classmethod
     def assemble(
@@ -140,6 +144,7 @@ class Engine:
         whitening: Whitening | None = None,
         head: PairHead | None = None,
         cross: CrossScorer | None = None,
+        reranker: CrossScorer | None = None,
         observer: EncoderObserver | None = None,
     ) -> Engine:
         """An encoder core behind a batcher, with the options' limits (any core: the
@@ -163,6 +168,7 @@ class Engine:
             similar_threshold=options.similar_threshold,
             observer=observer,
             cross=cross,
+            reranker=reranker,
         )
 
     @classmethod
@@ -189,6 +195,7 @@ class Engine:
             whitening=bundle.whitening,
             head=bundle.head,
             cross=cross_from_bundle(bundle, options, cross_observer),
+            reranker=reranker_from_bundle(bundle, options, cross_observer),
             observer=observer,
         )
 
@@ -199,13 +206,15 @@ class Engine:
 
     def start(self) -> None:
         self.batcher.start()
-        if self.cross is not None:
-            self.cross.start()
+        for scorer in (self.cross, self.reranker):
+            if scorer is not None:
+                scorer.start()
 
     def stop(self) -> None:
         self.batcher.stop()
-        if self.cross is not None:
-            self.cross.stop()
+        for scorer in (self.cross, self.reranker):
+            if scorer is not None:
+                scorer.stop()
 
     def _check_texts(self, texts: Sequence[str], limit: int, what: str) -> None:
         if not texts:
@@ -399,12 +408,15 @@ class Engine:
         direction: Direction = "right",
         limit: int | None = None,
         similarity: bool = False,
+        relevance: bool = False,
     ) -> CrossScores:
         """Cross-encoder scores of pairs (b may be None: a single text), within the limits.
 
         The request's own limits come first: a bad request is a bad request whatever the
         bundle holds. `similarity` marks symmetric pair scoring (/v1/similarity): a bundle
-        built with a symmetric cross-encoder then reads each pair in both orders."""
+        built with a symmetric cross-encoder then reads each pair in both orders. `relevance`
+        marks (query, document) ranking (/rerank, search rerank): the bundle's reranker
+        scores them when it has one."""
         limit = limit or self.limits.max_pairs
         if not pairs:
             raise ValidationError("no pairs given")
@@ -412,20 +424,27 @@ class Engine:
             raise TooManyTextsError(f"{len(pairs)} pairs in one request; the limit is {limit}")
         texts = list(dict.fromkeys(t for pair in pairs for t in pair if t is not None))
         self._check_texts(texts, 2 * limit, "texts")
-        if self.cross is None:
+        scorer = self.ranker if relevance else self.cross
+        if scorer is None:
             raise NoCrossEncoderError(
                 "this bundle has no cross-encoder: use mode 'bi', or build the bundle with "
                 "`simsvc build ... --cross-model CHECKPOINT`"
             )
-        return await self.cross.score(
+        return await scorer.score(
             pairs,
             truncate=truncate,
             direction=direction,
-            both_orders=similarity and self.cross.symmetric,
+            both_orders=similarity and scorer.symmetric,
         )
+
+    @property
+    def ranker(self) -> CrossScorer | None:
+        """What reranks (query, document) pairs: the reranker, else the cross-encoder."""
+        return self.reranker if self.reranker is not None else self.cross
 
     async def warmup(self) -> None:
         """Run one small batch so the first request does not pay for lazy initialisation."""
         await self.embed(["warm-up", "a second, somewhat longer warm-up text"])
-        if self.cross is not None:
-            await self.cross.score([("warm-up", "a second, somewhat longer warm-up text")])
+        for scorer in (self.cross, self.reranker):
+            if scorer is not None:
+                await scorer.score([("warm-up", "a second, somewhat longer warm-up text")])
