@@ -4,6 +4,7 @@
   transformers 5 rebuilds XLM-R's tokenizer from its class without the file's NFKC
   normaliser, so a fine-tuned e5 would tokenize other text than its base. The base's own file
   replaces it (the bundle's tokenizer is read from it: `export_onnx.checkpoint_tokenizer`).
+  Training reads it too (`training_tokenizer`).
 - `config_sentence_transformers.json` (bi-encoders): the prompts the model was trained with
   (`finetune` trains with the query prompt), which `simsvc build` reads into the manifest.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from models.prompts import ST_CONFIG
 
@@ -43,3 +45,24 @@ def copy_base_files(model: str, out: Path, prompts: bool) -> list[str]:
             shutil.copyfile(source, out / name)
             copied.append(name)
     return copied
+
+
+def training_tokenizer(model: str) -> Any:
+    """The transformers fast tokenizer of a checkpoint, running the checkpoint's own
+    tokenizer.json when it ships one, so training tokenizes as the bundle serves.
+
+    transformers 5 rebuilds XLM-R's tokenizer from its class: on the shared e5 it turns
+    full-width punctuation (`：“”！`) and some symbols into <unk>, which the file's NFKC
+    normaliser maps to real pieces. The class keeps its specials and pair template
+    handling; only the Rust backend is the file's (padding and truncation are set per call).
+    """
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{model}: a fast (Rust) tokenizer is needed")
+    source = base_file(model, TOKENIZER_JSON)
+    if source is not None:
+        tokenizer._tokenizer = Tokenizer.from_file(str(source))
+    return tokenizer

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from models.checkpoint_files import training_tokenizer
 from models.finetune_config import (
     CARD_FILE,
     CROSS_OBJECTIVES,
@@ -86,7 +87,6 @@ class Finetuning(TrainingRun[FinetuneState]):
     def __init__(self, opts: FinetuneOptions, say: Callable[[str], None]) -> None:
         super().__init__(opts, STATE_VERSION, say)
         import torch
-        from transformers import AutoTokenizer
 
         if opts.epochs is None and opts.time_budget is None and not opts.resume:
             raise ValueError("give --epochs, --time-budget or both")
@@ -97,9 +97,7 @@ class Finetuning(TrainingRun[FinetuneState]):
         names = ", ".join(n for n, _ in self.dev.sets)
         say(f"{len(data)} training items ({data.kind}), dev: {names}")
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        if not getattr(tokenizer, "is_fast", False):
-            raise ValueError(f"{cfg.model}: a fast (Rust) tokenizer is needed")
+        tokenizer = training_tokenizer(cfg.model)
         net = build_net(cfg)
         self.attach(net, cfg.lr, cfg.weight_decay)
         self.task = Task(cfg, net, tokenizer, data, self.device, self.precision)

@@ -132,7 +132,8 @@ def evaluate_checkpoint(
     """Dev figures of a bi-encoder (cosine of pooled vectors, text with the checkpoint's
     query/document prompts) or a cross-encoder (its logit, and the mean of both orders')."""
     import torch
-    from transformers import AutoTokenizer
+
+    from models.checkpoint_files import training_tokenizer
 
     quiet_transformers()
     if threads > 0:
@@ -145,7 +146,7 @@ def evaluate_checkpoint(
         pooling = "cls" if cross else (st_pooling(model) or "mean")
     sets = DevSets([str(p) for p in dev], "cross" if cross else "mnrl")
     net = (load_cross(model, 0) if cross else load_encoder(model)).to(where)
-    tok = AutoTokenizer.from_pretrained(model)
+    tok = training_tokenizer(model)
     prompts = ("", "")
     if not cross:
         from models.prompts import PromptOptions, read_st_prompts, resolve_prompts

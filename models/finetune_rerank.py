@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from models.checkpoint_files import training_tokenizer
 from models.finetune_config import TrainConfig
 from models.finetune_data import PairData, RetrievalSet, is_retrieval, read_retrieval
 from models.finetune_models import (
@@ -53,9 +54,7 @@ def dense_encoder(model: str, device: Any, precision: str) -> DenseEncoder:
         "query": prompts.prompts.get(prompts.query_name or "", ""),
         "document": prompts.prompts.get(prompts.document_name or "", ""),
     }
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer = training_tokenizer(model)
 
     def encode(texts: list[str], use: str) -> np.ndarray:
         shown = [prefix[use] + t for t in texts]

@@ -151,3 +151,17 @@ def test_one_token_type_models_get_no_token_type_ids() -> None:
     batch = {"input_ids": 1, "attention_mask": 2, "token_type_ids": 3}
     assert set(model_inputs(Net(1), batch)) == {"input_ids", "attention_mask"}
     assert model_inputs(Net(2), batch) == batch
+
+
+def test_training_tokenizes_with_the_checkpoint_s_own_tokenizer_json(base: Path) -> None:
+    from tokenizers import Tokenizer
+
+    from models.checkpoint_files import training_tokenizer
+
+    served = Tokenizer.from_file(str(base / "tokenizer.json"))
+    tok = training_tokenizer(str(base))
+    texts = ["ｔｈｅ ｍａｎ　ｐｌａｙｓ", "他说：“你好！”", "the man plays"]
+    for text in texts:
+        assert tok(text)["input_ids"] == served.encode(text).ids
+    pair = tok(texts[0], texts[2])["input_ids"]
+    assert pair == served.encode(texts[0], texts[2]).ids  # the file's pair template
