@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -139,3 +140,38 @@ def test_rerank_refuses_pair_files(base: Path, tmp_path: Path) -> None:
             ),
             say=lambda _: None,
         )
+
+
+def test_a_resumed_rerank_run_equals_an_uninterrupted_one(
+    beir: Path, base: Path, tmp_path: Path
+) -> None:
+    def run(out: Path, **extra: Any) -> dict[str, Any]:
+        return finetune(
+            FinetuneOptions(
+                model=str(base),
+                pairs=[beir],
+                dev=[beir],
+                out=out,
+                objective="rerank",
+                epochs=1,
+                batch_size=4,
+                lr=1e-3,
+                rerank_candidates=8,
+                eval_every=3,
+                save_every=2,
+                progress=False,
+                device="cpu",
+                **{"negatives": 2, **extra},
+            ),
+            say=lambda _: None,
+        )
+
+    straight = run(tmp_path / "straight")
+    assert run(tmp_path / "split", stop_after=5)["steps"] == 5
+    resumed = run(tmp_path / "split", resume=True)
+    assert resumed["steps"] == straight["steps"] == straight["horizon"]
+    assert [(p["step"], p["figure"]) for p in resumed["dev_curve"]] == [
+        (p["step"], p["figure"]) for p in straight["dev_curve"]
+    ]
+    with pytest.raises(ValueError, match="negatives"):
+        run(tmp_path / "split", resume=True, negatives=3)  # a changed setting is refused
