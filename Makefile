@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install serve test test-slow lint clean
+.PHONY: install serve test test-slow lint clean models
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ test: $(STAMP)
 ## pytest's exit status 5 (no test selected) is a pass: the tier may be empty.
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]
+
+## The release checkpoints (bi, cross, reranker) fine-tuned from the shared multilingual e5,
+## with their cards and times in $(MODELS_OUT)/release.json (CUDA when present, else CPU).
+## Publish them as $(SHARED)/models/simsvc-e5-{bi,cross,reranker} for the default bundle.
+SHARED     ?= ../shared
+MODELS_OUT ?= .cache/models
+EPOCHS     ?= 2
+DEVICE     ?= auto
+models: $(STAMP)
+	$(BIN)/python -m models.release --shared $(SHARED) --out $(MODELS_OUT) \
+		--epochs $(EPOCHS) --device $(DEVICE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

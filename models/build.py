@@ -1,5 +1,6 @@
 """`simsvc build`: checkpoint -> ONNX (with parity) -> whitening -> pair head -> bundle, plus
-an optional cross-encoder part (models/build_cross.py).
+an optional cross-encoder part (models/build_cross.py) and relevance reranker part
+(models/build_reranker.py).
 
 The bundle is assembled in a temporary directory beside the target and moved into place
 only when complete, so a failed build never leaves a half-bundle behind.
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from models.build_cross import CrossBuild, CrossOptions, build_cross
+from models.build_reranker import build_reranker
 from models.datasets import read_pairs, read_texts
 from models.evaluate import cosine_spearman, encode_pair_set, evaluate_pairs
 from models.export_onnx import (
@@ -88,6 +90,10 @@ class BuildOptions:
     cross_max_length: int | None = None
     cross_parity_max_diff: float = 1e-4
     cross_symmetric: bool = True
+    reranker: str | None = None
+    """A relevance reranker checkpoint (`finetune --objective rerank`): search rerank and
+    /rerank use it."""
+    reranker_max_length: int | None = None
     prompts: PromptOptions = field(default_factory=PromptOptions)
     """The model's prompts (config_sentence_transformers.json) and the name each use takes."""
 
@@ -360,6 +366,22 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
                 extra_pairs=eval_pairs[:24],
             )
 
+        reranker = None
+        if opts.reranker is not None:
+            reranker = build_reranker(
+                CrossOptions(
+                    model=opts.reranker,
+                    max_length=opts.reranker_max_length,
+                    opset=opts.opset,
+                    optimize=opts.optimize,
+                    quantize=opts.quantize,
+                    threads=opts.threads,
+                    parity_max_diff=opts.cross_parity_max_diff,
+                ),
+                work,
+                say,
+            )
+
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             source=SourceInfo(
@@ -390,6 +412,7 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
             whitening=winfo,
             head=head_info,
             cross=cross.info if cross else None,
+            reranker=reranker,
             created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             versions={
                 "simsvc": package_version("simsvc"),

@@ -11,6 +11,13 @@ Objectives:
   the labels mapped onto [0, 1] (a regression-like soft target for graded scores, the
   logistic loss for 0/1); every pair is used in both orders. `--freeze` keeps the encoder
   frozen and fits only that layer with scikit-learn (`models/finetune_freeze.py`).
+- `rerank`: a relevance cross-encoder on a BEIR folder's (query, relevant document) pairs
+  with hard negatives from the service's hybrid retriever (`models/finetune_rerank.py`).
+
+Bi-encoders train on text with the checkpoint's query prompt (MNRL positives and BEIR dev
+documents with its document prompt), as the bundle serves them (`--prompt-name`,
+`--no-prompt`). Written checkpoints keep the base's tokenizer.json and prompt config
+(`models/checkpoint_files.py`).
 
 The dev figure (Spearman x100 on labelled pairs, nDCG@10 x100 on a BEIR split) is measured
 before training, every `--eval-every` steps (default: each epoch) and at the end; the best
@@ -37,7 +44,14 @@ from typing import Any
 
 import numpy as np
 
-from models.finetune_config import CARD_FILE, FinetuneOptions, TrainConfig, resolve_config
+from models.checkpoint_files import training_tokenizer
+from models.finetune_config import (
+    CARD_FILE,
+    CROSS_OBJECTIVES,
+    FinetuneOptions,
+    TrainConfig,
+    resolve_config,
+)
 from models.finetune_eval import DevSets, figure_line, primary
 from models.finetune_freeze import fit_frozen
 from models.finetune_objective import Task, build_net, training_data, write_model
@@ -73,20 +87,17 @@ class Finetuning(TrainingRun[FinetuneState]):
     def __init__(self, opts: FinetuneOptions, say: Callable[[str], None]) -> None:
         super().__init__(opts, STATE_VERSION, say)
         import torch
-        from transformers import AutoTokenizer
 
         if opts.epochs is None and opts.time_budget is None and not opts.resume:
             raise ValueError("give --epochs, --time-budget or both")
         self.cfg = cfg = resolve_config(opts)
         self.open(cfg)
-        data = training_data(cfg)
-        self.dev = DevSets(cfg.dev, cfg.objective)
+        data = training_data(cfg, self.device, self.precision)
+        self.dev = dev_sets(cfg, self.device, self.precision)
         names = ", ".join(n for n, _ in self.dev.sets)
         say(f"{len(data)} training items ({data.kind}), dev: {names}")
 
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
-        if not getattr(tokenizer, "is_fast", False):
-            raise ValueError(f"{cfg.model}: a fast (Rust) tokenizer is needed")
+        tokenizer = training_tokenizer(cfg.model)
         net = build_net(cfg)
         self.attach(net, cfg.lr, cfg.weight_decay)
         self.task = Task(cfg, net, tokenizer, data, self.device, self.precision)
@@ -146,6 +157,7 @@ class Finetuning(TrainingRun[FinetuneState]):
             cfg.max_length,
             self.device,
             self.precision,
+            prompts=(cfg.prompt, cfg.document_prompt),
         )
         figure = primary(figures)
         loss = float(np.mean(run.eval_losses)) if run.eval_losses else None
@@ -184,15 +196,18 @@ class Finetuning(TrainingRun[FinetuneState]):
 def _card(cfg: TrainConfig, run: FinetuneState, task: Task, device: Any) -> dict[str, Any]:
     """`card.json`: what was trained on what, how, how long, and how it scored."""
     data = task.data
+    kinds = {"cross": "cross-encoder", "rerank": "reranker"}
     return {
-        "kind": "cross-encoder" if cfg.objective == "cross" else "bi-encoder",
-        "base_model": Path(cfg.model).name if Path(cfg.model).exists() else cfg.model,
+        "kind": kinds.get(cfg.objective, "bi-encoder"),
+        "base_model": _name(cfg.model),
         "objective": cfg.objective,
         "output": (
             "AutoModelForSequenceClassification, one logit (sigmoid = probability)"
-            if cfg.objective == "cross"
+            if cfg.objective in CROSS_OBJECTIVES
             else f"encoder + sentence-transformers files, {cfg.pooling} pooling"
         ),
+        "prompts": {"query": cfg.prompt, "document": cfg.document_prompt},
+        **({"retriever_model": _name(cfg.retriever_model)} if cfg.retriever_model else {}),
         "data": {"train": data.sources, "kind": data.kind, "dev": [Path(p).name for p in cfg.dev]},
         "train_items": len(data),
         "hyperparameters": {k: v for k, v in asdict(cfg).items() if k not in ("pairs", "dev")},
@@ -211,6 +226,21 @@ def _card(cfg: TrainConfig, run: FinetuneState, task: Task, device: Any) -> dict
         "best_step": run.best_step,
         "loss_log": run.log,
     }
+
+
+def _name(model: str) -> str:
+    """A local checkpoint by its folder name (no machine paths in cards), a hub id as is."""
+    return Path(model).name if Path(model).exists() else model
+
+
+def dev_sets(cfg: TrainConfig, device: Any, precision: str) -> DevSets | Any:
+    """The dev data: labelled pairs and BEIR splits, or a reranker's dev queries with the
+    retriever's candidates."""
+    if cfg.objective == "rerank":
+        from models.finetune_rerank import RerankDev
+
+        return RerankDev(cfg, device, precision)
+    return DevSets(cfg.dev, cfg.objective)
 
 
 def finetune(opts: FinetuneOptions, say: Callable[[str], None] = log.info) -> dict[str, Any]:

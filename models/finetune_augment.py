@@ -59,7 +59,8 @@ def label_pairs(
 ) -> dict[str, Any]:
     """Write the silver STS TSV; returns counts."""
     import torch
-    from transformers import AutoTokenizer
+
+    from models.checkpoint_files import training_tokenizer
 
     quiet_transformers()
     if threads > 0:
@@ -70,7 +71,7 @@ def label_pairs(
     known = {(a, b) for a, b in zip(gold.a, gold.b, strict=True)}
     known |= {(b, a) for a, b in known}
 
-    bi_tok = AutoTokenizer.from_pretrained(bi_model)
+    bi_tok = training_tokenizer(bi_model)
     bi = load_encoder(bi_model).to(where)
     pooling = st_pooling(bi_model) or "mean"
     say(f"encoding {len(sentences)} train sentences with {Path(bi_model).name} ({pooling})")
@@ -82,7 +83,7 @@ def label_pairs(
         if (sentences[i], sentences[j]) not in known
     ]
     say(f"scoring {len(candidates)} new pairs with {Path(cross_model).name}")
-    cross_tok = AutoTokenizer.from_pretrained(cross_model)
+    cross_tok = training_tokenizer(cross_model)
     cross = load_cross(cross_model, seed=0).to(where)
     a = [c[0] for c in candidates]
     b = [c[1] for c in candidates]

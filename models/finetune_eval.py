@@ -58,7 +58,11 @@ class DevSets:
         device: Any,
         precision: str,
         both_orders: bool = False,
+        prompts: tuple[str, str] = ("", ""),
     ) -> dict[str, dict[str, float]]:
+        """Each set's figures; a bi-encoder reads pairs and queries with `prompts[0]`
+        prepended, BEIR documents with `prompts[1]`."""
+        query, document = prompts
         out: dict[str, dict[str, float]] = {}
         for name, data in self.sets:
             if isinstance(data, PairData) and objective == "cross":
@@ -71,7 +75,8 @@ class DevSets:
             elif isinstance(data, PairData):
                 texts = list(dict.fromkeys(data.a + data.b))
                 where = {t: i for i, t in enumerate(texts)}
-                vec = encode_texts(net, tok, texts, pooling, max_length, device, precision)
+                shown = [query + t for t in texts]
+                vec = encode_texts(net, tok, shown, pooling, max_length, device, precision)
                 ia = np.array([where[t] for t in data.a])
                 ib = np.array([where[t] for t in data.b])
                 cos = np.einsum("ij,ij->i", vec[ia], vec[ib]).astype(np.float64)
@@ -79,8 +84,8 @@ class DevSets:
             else:
                 qids = sorted(data.qrels)
                 dids = list(data.corpus)
-                queries = [data.queries[q] for q in qids]
-                docs = [data.corpus[d] for d in dids]
+                queries = [query + data.queries[q] for q in qids]
+                docs = [document + data.corpus[d] for d in dids]
                 out[name] = retrieval_figures(
                     encode_texts(net, tok, queries, pooling, max_length, device, precision),
                     encode_texts(net, tok, docs, pooling, max_length, device, precision),
@@ -124,10 +129,11 @@ def evaluate_checkpoint(
     precision: str = "fp32",
     threads: int = 0,
 ) -> dict[str, Any]:
-    """Dev figures of a bi-encoder (cosine of pooled vectors) or a cross-encoder (its logit,
-    and the mean of both orders' logits)."""
+    """Dev figures of a bi-encoder (cosine of pooled vectors, text with the checkpoint's
+    query/document prompts) or a cross-encoder (its logit, and the mean of both orders')."""
     import torch
-    from transformers import AutoTokenizer
+
+    from models.checkpoint_files import training_tokenizer
 
     quiet_transformers()
     if threads > 0:
@@ -140,8 +146,17 @@ def evaluate_checkpoint(
         pooling = "cls" if cross else (st_pooling(model) or "mean")
     sets = DevSets([str(p) for p in dev], "cross" if cross else "mnrl")
     net = (load_cross(model, 0) if cross else load_encoder(model)).to(where)
-    tok = AutoTokenizer.from_pretrained(model)
-    figures = sets.figures(net, tok, objective, pooling, max_length, where, prec, both_orders=True)
+    tok = training_tokenizer(model)
+    prompts = ("", "")
+    if not cross:
+        from models.prompts import PromptOptions, read_st_prompts, resolve_prompts
+
+        found = resolve_prompts(*read_st_prompts(model), PromptOptions())
+        texts = found.prompts
+        prompts = (texts.get(found.query_name or "", ""), texts.get(found.document_name or "", ""))
+    figures = sets.figures(
+        net, tok, objective, pooling, max_length, where, prec, both_orders=True, prompts=prompts
+    )
     return {
         "model": Path(model).name,
         "kind": "cross-encoder" if cross else f"bi-encoder ({pooling} pooling)",

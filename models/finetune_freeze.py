@@ -75,7 +75,8 @@ def fit_frozen(opts: FinetuneOptions, say: Callable[[str], None]) -> dict[str, A
     """Fit the classifier layer on frozen pooled [CLS] features; write the checkpoint."""
     start_torch(opts.threads)
     import torch
-    from transformers import AutoTokenizer
+
+    from models.checkpoint_files import training_tokenizer
 
     if opts.objective != "cross":
         raise ValueError("--freeze is the cross-encoder baseline: use it with --objective cross")
@@ -88,7 +89,7 @@ def fit_frozen(opts: FinetuneOptions, say: Callable[[str], None]) -> dict[str, A
     train = read_pair_data(list(opts.pairs), "train")
     if train.kind == "positive":
         raise ValueError("--freeze fits labelled pairs (graded or 0/1)")
-    tokenizer = AutoTokenizer.from_pretrained(opts.model)
+    tokenizer = training_tokenizer(opts.model)
     net = load_cross(opts.model, opts.seed).to(device)
     _require_pooled_classifier(net, opts.model)
     doubled = both_orders(train)

@@ -93,7 +93,7 @@ def pool(hidden: Any, mask: Any, pooling: str) -> Any:
 
 def embed(net: Any, batch: dict[str, Any], pooling: str) -> Any:
     """Pooled vectors (fp32) of a tokenized batch."""
-    out = net(**batch)
+    out = net(**model_inputs(net, batch))
     return pool(out.last_hidden_state, batch["attention_mask"], pooling).float()
 
 
@@ -119,8 +119,16 @@ def mnrl_loss(q: Any, p: Any, scale: float) -> Any:
     return F.cross_entropy(sim, torch.arange(len(q), device=q.device))
 
 
+def model_inputs(net: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch as the network takes it: no token_type_ids for a model with one token type
+    (XLM-R-style vocabularies; their pair template gives all zeros anyway)."""
+    if "token_type_ids" in batch and int(getattr(net.config, "type_vocab_size", 2)) <= 1:
+        return {k: v for k, v in batch.items() if k != "token_type_ids"}
+    return batch
+
+
 def cross_logits(net: Any, batch: dict[str, Any]) -> Any:
-    return net(**batch).logits.squeeze(-1).float()
+    return net(**model_inputs(net, batch)).logits.squeeze(-1).float()
 
 
 # --- dev figures ---------------------------------------------------------------------------
@@ -276,11 +284,12 @@ def write_st_files(out: Path, pooling: str, hidden: int, max_length: int) -> Non
     )
 
 
-def mark_cross(net: Any) -> None:
+def mark_cross(net: Any, label: str = "similar") -> None:
     """Config fields that say how the one logit reads (sentence-transformers' CrossEncoder
-    applies the sigmoid from them)."""
-    net.config.id2label = {0: "similar"}
-    net.config.label2id = {"similar": 0}
+    applies the sigmoid from them): "similar" for pair similarity, "relevant" for a
+    reranker."""
+    net.config.id2label = {0: label}
+    net.config.label2id = {label: 0}
     net.config.sentence_transformers = {
         "activation_fn": "torch.nn.modules.activation.Sigmoid",
     }

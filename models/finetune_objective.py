@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from models.finetune_config import TrainConfig
+from models.checkpoint_files import copy_base_files
+from models.finetune_config import CROSS_OBJECTIVES, TrainConfig
 from models.finetune_data import (
     PairData,
     both_orders,
@@ -66,15 +67,29 @@ class Task:
     def loss(self, rows: list[int]) -> Any:
         import torch
 
+        cfg = self.cfg
+        if cfg.objective == "rerank":
+            from models.finetune_rerank import RerankData, rerank_loss
+
+            assert isinstance(self.data, RerankData)
+            with autocast(self.device, self.precision):
+                return rerank_loss(
+                    self.net,
+                    lambda q, d: cross_logits(self.net, self._tensors(q, d)),
+                    self.data,
+                    rows,
+                    cfg.rerank_loss,
+                )
         a = [self.data.a[i] for i in rows]
         b = [self.data.b[i] for i in rows]
         target = torch.tensor(self.data.target[rows], dtype=torch.float32, device=self.device)
         with autocast(self.device, self.precision):
-            if self.cfg.objective == "cross":
+            if cfg.objective == "cross":
                 logits = cross_logits(self.net, self._tensors(a, b))
                 return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-            u = embed(self.net, self._tensors(a, None), self.cfg.pooling)
-            v = embed(self.net, self._tensors(b, None), self.cfg.pooling)
+            b_prompt = cfg.document_prompt if cfg.objective == "mnrl" else cfg.prompt
+            u = embed(self.net, self._tensors([cfg.prompt + t for t in a], None), cfg.pooling)
+            v = embed(self.net, self._tensors([b_prompt + t for t in b], None), cfg.pooling)
         if self.cfg.objective == "mnrl":
             return mnrl_loss(u, v, self.cfg.scale)
         cos = torch.nn.functional.cosine_similarity(u, v, dim=-1)
@@ -83,12 +98,19 @@ class Task:
 
 def build_net(cfg: TrainConfig) -> Any:
     """The network before training (a resumed run then loads its saved weights into it)."""
-    return load_cross(cfg.model, cfg.seed) if cfg.objective == "cross" else load_encoder(cfg.model)
+    if cfg.objective in CROSS_OBJECTIVES:
+        return load_cross(cfg.model, cfg.seed)
+    return load_encoder(cfg.model)
 
 
-def training_data(cfg: TrainConfig) -> PairData:
+def training_data(cfg: TrainConfig, device: Any = None, precision: str = "fp32") -> PairData:
     """The items the objective learns from: MNRL takes positive pairs, the others labels;
-    a cross-encoder reads every pair in both orders."""
+    a cross-encoder reads every pair in both orders; a reranker takes a BEIR folder's
+    judged pairs with hard negatives mined on `device`."""
+    if cfg.objective == "rerank":
+        from models.finetune_rerank import rerank_training_data
+
+        return rerank_training_data(cfg, device or "cpu", precision)
     data = read_pair_data([Path(p) for p in cfg.pairs], "train")
     if cfg.objective == "mnrl" and data.kind != "positive":
         data = _positives_only(data)
@@ -117,13 +139,15 @@ def write_model(out: Path, task: Task) -> None:
     tmp = out / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    if task.cfg.objective == "cross":
-        mark_cross(task.net)
+    cross = task.cfg.objective in CROSS_OBJECTIVES
+    if cross:
+        mark_cross(task.net, "relevant" if task.cfg.objective == "rerank" else "similar")
     task.net.save_pretrained(str(tmp))
     task.tokenizer.save_pretrained(str(tmp))
-    if task.cfg.objective != "cross":
+    if not cross:
         length = st_max_length(task.cfg.model) or task.cfg.max_length
         write_st_files(tmp, task.cfg.pooling, int(task.net.config.hidden_size), length)
+    copy_base_files(task.cfg.model, tmp, prompts=not cross)
     for item in sorted(tmp.rglob("*"), key=lambda p: len(p.parts)):
         target = out / item.relative_to(tmp)
         if item.is_dir():

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from models.checkpoint_files import copy_base_files
 from models.pretrain_data import (
     POOL_CHARS,
     Batch,
@@ -206,6 +207,7 @@ class Pretraining(TrainingRun[PretrainState]):
             self.run = PretrainState(heads_initialised=missing)
             self.out.mkdir(parents=True, exist_ok=True)
             self.tokenizer.save_pretrained(str(self.out))
+            copy_base_files(cfg.tokenizer, self.out, prompts=False)  # its own tokenizer.json
             if self.heldout_batches:
                 say(self.evaluate())
             every = 1 / opts.eval_every if self.heldout_batches and opts.eval_every > 0 else 0.0

@@ -101,6 +101,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             cross_calibration=args.cross_calibration,
             cross_symmetric=args.cross_symmetric,
             cross_max_length=args.cross_max_length,
+            reranker=args.reranker,
+            reranker_max_length=args.reranker_max_length,
             prompts=prompt_options(args),
         ),
         say=lambda m: print(m, file=sys.stderr),
@@ -296,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cross-calibration", choices=["sigmoid", "isotonic"], default="sigmoid")
     p.add_argument("--cross-max-length", type=int, help="default: the card's, else 512")
+    p.add_argument(
+        "--reranker",
+        help="relevance reranker checkpoint (`finetune --objective rerank`): search rerank and "
+        "/rerank use it instead of the cross-encoder",
+    )
+    p.add_argument("--reranker-max-length", type=int, help="default: the card's, else 512")
     from models.prompts import add_prompt_arguments  # no torch: plain argparse and json
 
     add_prompt_arguments(p)

@@ -205,7 +205,12 @@ def register(sub: Any) -> None:
         "or a BEIR folder (qrels/train.tsv)",
     )
     p.add_argument("--out", required=True, type=Path, help="output checkpoint directory")
-    p.add_argument("--objective", required=True, choices=["cosent", "mnrl", "cross"])
+    p.add_argument(
+        "--objective",
+        required=True,
+        choices=["cosent", "mnrl", "cross", "rerank"],
+        help="rerank: a relevance cross-encoder on a BEIR folder with mined hard negatives",
+    )
     p.add_argument(
         "--dev",
         type=Path,
@@ -250,6 +255,30 @@ def register(sub: Any) -> None:
         help="cross only: fit LR/SVM on the frozen pooled [CLS] vector, no fine-tuning",
     )
     p.add_argument("--head", choices=["lr", "svm"], default="lr", help="the --freeze classifier")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument(
+        "--prompt-name",
+        help="bi-encoders: the checkpoint's prompt prepended to each text (default: its query "
+        "prompt, as the bundle serves pairs and queries)",
+    )
+    prompt.add_argument("--no-prompt", action="store_true", help="bi-encoders: raw text")
+    p.add_argument(
+        "--retriever-model",
+        help="rerank: bi-encoder of the hybrid retriever that mines negatives (default: --model)",
+    )
+    p.add_argument("--negatives", type=int, default=4, help="rerank: hard negatives per query")
+    p.add_argument(
+        "--negative-depth", type=int, default=30, help="rerank: negatives come from this top"
+    )
+    p.add_argument(
+        "--rerank-candidates", type=int, default=20, help="rerank: dev candidates per query"
+    )
+    p.add_argument(
+        "--rerank-loss",
+        choices=["softmax", "bce"],
+        default="softmax",
+        help="rerank: listwise softmax over positive + negatives, or binary cross-entropy",
+    )
     p.add_argument("--stop-after", type=int, help="stop (saved, resumable) after this step")
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument(

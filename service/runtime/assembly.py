@@ -43,7 +43,7 @@ class EngineOptions:
     similar_threshold: float | None = None
     """The pair head's (and cross-encoder's) decision threshold; None: the bundle's."""
     cross: bool = True
-    """Load the bundle's cross-encoder when it has one."""
+    """Load the bundle's cross-encoder and reranker when it has them."""
     cross_max_batch_tokens: int = 8192
     cross_max_batch_size: int = 32
     cross_max_queue_pairs: int = 1024
@@ -97,14 +97,21 @@ def encoder_from_bundle(bundle: Bundle, options: EngineOptions) -> OnnxEncoder:
     return core
 
 
-def cross_encoder_from_bundle(bundle: Bundle, options: EngineOptions) -> OnnxCrossEncoder | None:
-    """The bundle's ONNX cross-encoder session, or None when it has none."""
-    info = bundle.manifest.cross
+def cross_encoder_from_bundle(
+    bundle: Bundle, options: EngineOptions, part: str = "cross"
+) -> OnnxCrossEncoder | None:
+    """The bundle's ONNX cross-encoder session (`part` "cross") or relevance reranker
+    session ("reranker"), or None when it has none."""
+    info = bundle.manifest.cross if part == "cross" else bundle.manifest.reranker
     if info is None:
         return None
+    paths = (
+        (bundle.cross_model_path, bundle.cross_tokenizer_path)
+        if part == "cross"
+        else (bundle.reranker_model_path, bundle.reranker_tokenizer_path)
+    )
     core = OnnxCrossEncoder(
-        bundle.cross_model_path,
-        bundle.cross_tokenizer_path,
+        *paths,
         max_length=info.max_length,
         pad_id=info.pad_id,
         threads=options.threads,
@@ -114,7 +121,7 @@ def cross_encoder_from_bundle(bundle: Bundle, options: EngineOptions) -> OnnxCro
     )
     if core.num_labels != info.num_labels:
         raise BundleError(
-            f"cross.onnx yields {core.num_labels} logits, manifest says {info.num_labels}"
+            f"{paths[0].name} yields {core.num_labels} logits, manifest says {info.num_labels}"
         )
     return core
 
@@ -168,4 +175,18 @@ def cross_from_bundle(
         labels=info.labels,
         symmetric=info.symmetric,
         observer=observer,
+    )
+
+
+def reranker_from_bundle(
+    bundle: Bundle, options: EngineOptions, observer: CrossBatchObserver | None = None
+) -> CrossScorer | None:
+    """The bundle's relevance reranker behind its own batcher (the model's own sigmoid, pairs
+    read as given); None when it has none or `options.cross` is off."""
+    info = bundle.manifest.reranker
+    core = cross_encoder_from_bundle(bundle, options, "reranker") if options.cross else None
+    if info is None or core is None:
+        return None
+    return assemble_cross(
+        core, options, model_name=info.source.model, labels=info.labels, observer=observer
     )

@@ -2,7 +2,8 @@
 
 A directory with `manifest.json`, `model.onnx`, `tokenizer.json`, `whitening.npz`, `head.json`
 when a head was trained, and `cross.onnx`, `cross_tokenizer.json`, `cross_calibration.json`
-when it carries a cross-encoder. The manifest records where everything came from and the
+when it carries a cross-encoder, `reranker.onnx` and `reranker_tokenizer.json` when it carries
+a relevance reranker. The manifest records where everything came from and the
 sha256 of every file; `load_bundle` refuses a bundle whose hashes or dims disagree.
 """
 
@@ -32,6 +33,8 @@ HEAD_FILE = "head.json"
 CROSS_MODEL_FILE = "cross.onnx"
 CROSS_TOKENIZER_FILE = "cross_tokenizer.json"
 CROSS_CALIBRATION_FILE = "cross_calibration.json"
+RERANKER_MODEL_FILE = "reranker.onnx"
+RERANKER_TOKENIZER_FILE = "reranker_tokenizer.json"
 
 
 class SourceInfo(BaseModel):
@@ -194,6 +197,10 @@ class Manifest(BaseModel):
     whitening: WhiteningInfo
     head: HeadInfo | None = None
     cross: CrossInfo | None = None
+    reranker: CrossInfo | None = None
+    """The optional relevance reranker (`simsvc build --reranker`): search `rerank` and
+    /rerank use it when present, else the cross-encoder; its card records its training data
+    (with the mined negatives) and dev figures (nDCG@10 of reranking)."""
     evaluation: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
     created_at: str = ""
@@ -266,6 +273,14 @@ class Bundle:
         return self.directory / CROSS_TOKENIZER_FILE
 
     @property
+    def reranker_model_path(self) -> Path:
+        return self.directory / RERANKER_MODEL_FILE
+
+    @property
+    def reranker_tokenizer_path(self) -> Path:
+        return self.directory / RERANKER_TOKENIZER_FILE
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.directory / TOKENIZER_FILE
 
@@ -297,6 +312,8 @@ def load_bundle(directory: Path, verify_hashes: bool = True) -> Bundle:
     required = [MODEL_FILE, TOKENIZER_FILE, WHITENING_FILE] + ([HEAD_FILE] if manifest.head else [])
     if manifest.cross:
         required += [CROSS_MODEL_FILE, CROSS_TOKENIZER_FILE, CROSS_CALIBRATION_FILE]
+    if manifest.reranker:
+        required += [RERANKER_MODEL_FILE, RERANKER_TOKENIZER_FILE]
     for name in required:
         if not (directory / name).is_file():
             raise BundleError(f"bundle {directory} lacks {name}")

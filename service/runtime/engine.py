@@ -28,6 +28,7 @@ from service.runtime.assembly import (
     cross_from_bundle,
     encoder_from_bundle,
     make_batcher,
+    reranker_from_bundle,
 )
 from service.runtime.batching import BatchObserver, DynamicBatcher
 from service.runtime.bundle import Bundle, load_bundle
@@ -108,6 +109,7 @@ class Engine:
         inline_tokenize_chars: int = 2000,
         cross: CrossScorer | None = None,
         prompts: Prompts | None = None,
+        reranker: CrossScorer | None = None,
     ) -> None:
         if pooling not in core.outputs:
             raise ValueError(f"pooling {pooling!r} is not among the encoder outputs {core.outputs}")
@@ -133,6 +135,8 @@ class Engine:
         self.prompts = prompts or Prompts()
         """The bundle's prompts, put before texts (never token ids, never the cross-encoder's
         pairs) so the encoder reads them as it was trained and fitted to."""
+        self.reranker = reranker
+        """The relevance reranker: search `rerank` and /rerank use it when present."""
 
     @classmethod
     def assemble(
@@ -145,6 +149,7 @@ class Engine:
         whitening: Whitening | None = None,
         head: PairHead | None = None,
         cross: CrossScorer | None = None,
+        reranker: CrossScorer | None = None,
         observer: EncoderObserver | None = None,
         prompts: Prompts | None = None,
     ) -> Engine:
@@ -170,6 +175,7 @@ class Engine:
             observer=observer,
             cross=cross,
             prompts=prompts,
+            reranker=reranker,
         )
 
     @classmethod
@@ -196,6 +202,7 @@ class Engine:
             whitening=bundle.whitening,
             head=bundle.head,
             cross=cross_from_bundle(bundle, options, cross_observer),
+            reranker=reranker_from_bundle(bundle, options, cross_observer),
             observer=observer,
             prompts=bundle.prompts,
         )
@@ -207,13 +214,15 @@ class Engine:
 
     def start(self) -> None:
         self.batcher.start()
-        if self.cross is not None:
-            self.cross.start()
+        for scorer in (self.cross, self.reranker):
+            if scorer is not None:
+                scorer.start()
 
     def stop(self) -> None:
         self.batcher.stop()
-        if self.cross is not None:
-            self.cross.stop()
+        for scorer in (self.cross, self.reranker):
+            if scorer is not None:
+                scorer.stop()
 
     def _check_texts(self, texts: Sequence[str], limit: int, what: str) -> None:
         if not texts:
@@ -415,12 +424,15 @@ class Engine:
         direction: Direction = "right",
         limit: int | None = None,
         similarity: bool = False,
+        relevance: bool = False,
     ) -> CrossScores:
         """Cross-encoder scores of pairs (b may be None: a single text), within the limits.
 
         The request's own limits come first: a bad request is a bad request whatever the
         bundle holds. `similarity` marks symmetric pair scoring (/v1/similarity): a bundle
-        built with a symmetric cross-encoder then reads each pair in both orders."""
+        built with a symmetric cross-encoder then reads each pair in both orders. `relevance`
+        marks (query, document) ranking (/rerank, search rerank): the bundle's reranker
+        scores them when it has one."""
         limit = limit or self.limits.max_pairs
         if not pairs:
             raise ValidationError("no pairs given")
@@ -428,20 +440,27 @@ class Engine:
             raise TooManyTextsError(f"{len(pairs)} pairs in one request; the limit is {limit}")
         texts = list(dict.fromkeys(t for pair in pairs for t in pair if t is not None))
         self._check_texts(texts, 2 * limit, "texts")
-        if self.cross is None:
+        scorer = self.ranker if relevance else self.cross
+        if scorer is None:
             raise NoCrossEncoderError(
                 "this bundle has no cross-encoder: use mode 'bi', or build the bundle with "
                 "`simsvc build ... --cross-model CHECKPOINT`"
             )
-        return await self.cross.score(
+        return await scorer.score(
             pairs,
             truncate=truncate,
             direction=direction,
-            both_orders=similarity and self.cross.symmetric,
+            both_orders=similarity and scorer.symmetric,
         )
+
+    @property
+    def ranker(self) -> CrossScorer | None:
+        """What reranks (query, document) pairs: the reranker, else the cross-encoder."""
+        return self.reranker if self.reranker is not None else self.cross
 
     async def warmup(self) -> None:
         """Run one small batch so the first request does not pay for lazy initialisation."""
         await self.embed(["warm-up", "a second, somewhat longer warm-up text"])
-        if self.cross is not None:
-            await self.cross.score([("warm-up", "a second, somewhat longer warm-up text")])
+        for scorer in (self.cross, self.reranker):
+            if scorer is not None:
+                await scorer.score([("warm-up", "a second, somewhat longer warm-up text")])

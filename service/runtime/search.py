@@ -1,4 +1,5 @@
-"""Searching a collection: dense, lexical or hybrid, optionally reranked by the cross-encoder.
+"""Searching a collection: dense, lexical or hybrid, optionally reranked (by the bundle's
+relevance reranker when it has one, else its cross-encoder).
 
 - `dense`: the query's vector against the collection's whitened vectors (the store's ANN
   index);
@@ -103,10 +104,11 @@ async def run_search(
     if not 0 <= request.rerank <= limits.max_rerank:
         raise ValidationError(f"rerank candidates must be in 0..{limits.max_rerank}")
     depth = max(request.k, request.rerank)
-    if request.rerank and engine.cross is None:
+    if request.rerank and engine.ranker is None:
         raise NoCrossEncoderError(
-            "reranking needs a bundle with a cross-encoder: build it with "
-            "`simsvc build ... --cross-model CHECKPOINT`, or search without rerank"
+            "reranking needs a bundle with a reranker or a cross-encoder: build it with "
+            "`simsvc build ... --reranker CHECKPOINT` (or --cross-model), or search without "
+            "rerank"
         )
     hits: list[FusedHit]
     if mode == "lexical":
@@ -167,9 +169,12 @@ def check_fusion(fusion: FusionParams, limits: SearchLimits) -> None:
 async def _rerank(
     engine: Engine, query: str, hits: list[FusedHit], candidates: int
 ) -> tuple[list[FusedHit], int]:
-    """The top `candidates` rescored by the cross-encoder (best first), then the rest."""
+    """The top `candidates` rescored by the reranker, else the cross-encoder (best first),
+    then the rest."""
     top, rest = hits[:candidates], hits[candidates:]
-    scored = await engine.cross_similarity([(query, h.document.text) for h in top], limit=len(top))
+    scored = await engine.cross_similarity(
+        [(query, h.document.text) for h in top], limit=len(top), relevance=True
+    )
     for hit, score in zip(top, scored.scores, strict=True):
         hit.sources["rerank"] = {"rank": 0, "score": float(score)}
         hit.score = float(score)

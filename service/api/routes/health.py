@@ -91,6 +91,15 @@ async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
             **engine.prompts.roles(),
         },
         "cross_encoder": _cross_info(engine, manifest),
+        "reranker": _cross_info(engine, manifest, "reranker"),
+        "rerank_model": (
+            None
+            if engine.ranker is None
+            else {
+                "part": "reranker" if engine.reranker is not None else "cross_encoder",
+                "model": engine.ranker.model_name,
+            }
+        ),
         "bundle": None
         if manifest is None
         else {
@@ -125,9 +134,12 @@ async def info(state: StateDep, engine: EngineDep) -> dict[str, Any]:
     }
 
 
-def _cross_info(engine: Engine, manifest: Manifest | None) -> dict[str, Any] | None:
-    """The cross-encoder: model, labels, max length, calibration, and its manifest section."""
-    cross = engine.cross
+def _cross_info(
+    engine: Engine, manifest: Manifest | None, part: str = "cross"
+) -> dict[str, Any] | None:
+    """The cross-encoder (or the reranker): model, labels, max length, calibration, and its
+    manifest section."""
+    cross = engine.cross if part == "cross" else engine.reranker
     if cross is None:
         return None
     out: dict[str, Any] = {
@@ -137,9 +149,10 @@ def _cross_info(engine: Engine, manifest: Manifest | None) -> dict[str, Any] | N
         "calibration": {"kind": cross.calibration.kind},
         "threshold": cross.threshold,
     }
-    if manifest is not None and manifest.cross is not None:
-        out.update(manifest.cross.model_dump(exclude={"source"}))
-        out["source"] = manifest.cross.source.model_dump()
+    info = None if manifest is None else getattr(manifest, part)
+    if info is not None:
+        out.update(info.model_dump(exclude={"source"}))
+        out["source"] = info.source.model_dump()
     return out
 
 

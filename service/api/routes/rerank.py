@@ -1,8 +1,10 @@
 """The cross-encoder in text-embeddings-inference's shapes: `/rerank` and `/predict`.
 
-Both answer 424 `no_cross_encoder` on a bundle built without `--cross-model`, as TEI does on
-a model that is not a sequence classifier. With `raw_scores` false a score is the model's
-probability (sigmoid of one logit, softmax over two), as TEI returns it.
+`/rerank` uses the bundle's relevance reranker (`simsvc build --reranker`) when it has one,
+else its cross-encoder; `/predict` always the similarity cross-encoder. Both answer 424
+`no_cross_encoder` on a bundle with neither, as TEI does on a model that is not a sequence
+classifier. With `raw_scores` false a score is the model's probability (sigmoid of one
+logit, softmax over two), as TEI returns it.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ router = APIRouter(
 ERRORS = errors(413, 415, 422, 424, 429, 503)
 
 
-def _needs_cross(engine: Engine, route: str) -> None:
+def _needs_cross(engine: Engine, route: str, relevance: bool = False) -> None:
     """The 424 in this route's words (the engine's names /v1/similarity's modes)."""
-    if engine.cross is None:
+    if (engine.ranker if relevance else engine.cross) is None:
         raise NoCrossEncoderError(
             f"{route} needs a bundle with a cross-encoder, and this one has none: build it "
             "with `simsvc build ... --cross-model CHECKPOINT`; for scores without one, use "
@@ -46,15 +48,17 @@ def _direction(value: str) -> Direction:
     "/rerank", response_model=list[Rank], response_model_exclude_none=True, responses=ERRORS
 )
 async def rerank(body: RerankRequest, engine: EngineDep, state: StateDep) -> ORJSONResponse:
-    """Rank texts by the cross-encoder's relevance to the query, best first (TEI)."""
+    """Rank texts by relevance to the query, best first (TEI): the bundle's reranker scores
+    them when it has one, else its cross-encoder."""
     if not body.texts:
         raise ValidationError("`texts` cannot be empty")
-    _needs_cross(engine, "/rerank")
+    _needs_cross(engine, "/rerank", relevance=True)
     scored = await engine.cross_similarity(
         [(body.query, text) for text in body.texts],
         truncate=body.truncate,
         direction=_direction(body.truncation_direction),
         limit=state.settings.max_rerank_texts,
+        relevance=True,
     )
     values = scored.raw if body.raw_scores else scored.scores
     order = np.argsort(-values, kind="stable")
