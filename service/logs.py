@@ -6,9 +6,12 @@ import json
 import logging
 import re
 import time
+from contextvars import ContextVar
 from typing import IO
 
-from service.api.middleware import request_id_var
+request_id_var: ContextVar[str] = ContextVar("simsvc_request_id", default="-")
+"""The current request's id (set by the HTTP middleware; "-" outside a request): here, below
+the HTTP layer, so the command line configures logging without importing the server."""
 
 
 class _RequestIdFilter(logging.Filter):

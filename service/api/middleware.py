@@ -10,7 +10,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import orjson
@@ -22,9 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.auth import KeyRing, is_open_path
 from service.api.handlers import error_body
 from service.errors import ServiceError
+from service.logs import request_id_var
 from service.metrics import Metrics
 
-request_id_var: ContextVar[str] = ContextVar("simsvc_request_id", default="-")
 access_log = logging.getLogger("simsvc.access")
 log = logging.getLogger("simsvc.api")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
