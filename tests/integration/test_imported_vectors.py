@@ -134,3 +134,29 @@ def test_simsvc_index_sends_vectors_from_ndjson_and_parquet(
     assert "line 2 (document 'b1'): embedding has 1 dimensions" in err, err
     info = httpx.get(f"{server.url}/v1/collections/v").json()
     assert info["count"] == 49
+
+
+@pytest.mark.slow
+def test_ray_engine_imports_vectors_from_parquet(
+    server_factory: Callable[..., Server],
+    tiny_bundle: Path,
+    postgres_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("ray.data")
+    server = server_factory(tmp_path / "data", SIMSVC_STORE=postgres_url)
+    raw = _raw(lambda path, **kw: httpx.post(server.url + path, **kw), TEXTS[:20])
+    rows = {
+        "id": [f"r{i}" for i in range(20)],
+        "text": [_unrelated(i) for i in range(20)],
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(raw.ravel()), raw.shape[1]),
+    }
+    pq.write_table(pa.table(rows), tmp_path / "vectors.parquet")
+    args = ["index", str(tmp_path / "vectors.parquet"), "--collection", "ray", "--engine", "ray"]
+    args += ["--store", postgres_url, "--bundle", str(tiny_bundle), "--actors", "1", "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    for i in (2, 13):
+        body = {"query": TEXTS[i], "k": 3, "mode": "dense"}
+        hits = httpx.post(f"{server.url}/v1/collections/ray/search", json=body).json()["results"]
+        assert hits[0]["id"] == f"r{i}" and hits[0]["score"] > 0.999
