@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field, StrictBool
+from pydantic import BaseModel, BeforeValidator, Field, StrictBool, StrictFloat
 
 from service.api.schemas import Integer, StrictModel, Text, json_number, limit
 from service.runtime.index import PARAM_RANGES
@@ -27,6 +27,14 @@ class DocumentIn(StrictModel):
     id: str = Field(min_length=1, json_schema_extra=limit(maxLength="max_document_id_chars"))
     text: Text
     metadata: dict[str, Any] = Field(default_factory=dict)
+    embedding: list[StrictFloat] | str | None = Field(
+        default=None,
+        description="an imported vector: the raw vector the collection's model yields for "
+        "this text, before whitening (its dims: /info's model dims), as numbers or as base64 "
+        "of little-endian float32 (OpenAI's encoding_format: base64). It is whitened like an "
+        "encoded one and the text is not encoded (it is still stored and searched lexically). "
+        "Wrong dims, NaN or infinity: 422",
+    )
 
 
 class DocumentsRequest(StrictModel):

@@ -2,8 +2,8 @@
 scoring evaluation through `/v1/similarity`.
 
 Used by `simsvc index`, `simsvc search`, `simsvc evaluate-retrieval` and `simsvc evaluate
---url`. Bulk indexing sends
-a JSONL file as NDJSON requests of a few hundred lines; after each acknowledged request it
+--url`. Bulk indexing sends a JSONL (or Parquet) file as NDJSON requests of a few hundred
+lines (Parquet rows become lines; `service.cli.sources`); after each acknowledged request it
 records how many lines are done, with a hash of them, in a small state file, so an
 interrupted run resumes where it stopped (and starts over if the done lines changed).
 """
@@ -23,6 +23,7 @@ import httpx
 import orjson
 
 from models.beir import to_document
+from service.cli.sources import compact_embedding, count_records, records
 from service.runtime.stats import mrr_at_k, ndcg_at_k, recall_at_k, spearman
 
 RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})
@@ -98,16 +99,6 @@ class IndexReport:
     seconds: float
 
 
-def count_lines(path: Path) -> int:
-    with open(path, "rb") as fh:
-        n = 0
-        last = b"\n"
-        while block := fh.read(1 << 20):
-            n += block.count(b"\n")
-            last = block[-1:]
-        return n + (last != b"\n")
-
-
 def default_state_path(path: Path, collection: str) -> Path:
     return path.with_name(f"{path.name}.{collection}.simsvc-index")
 
@@ -138,11 +129,12 @@ def index_file(
     progress: IO[str] | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> IndexReport:
-    """Send a JSONL file to a collection in NDJSON batches, resuming from the state file."""
+    """Send a JSONL or Parquet file to a collection in NDJSON batches, resuming from the
+    state file (which counts lines, or Parquet rows)."""
     from tqdm import tqdm
 
     state_path = state_path or default_state_path(path, collection)
-    total = count_lines(path)
+    total = count_records(path)
     done, digest = _read_state(state_path, collection)
     try:  # before anything is sent: a run that cannot record progress could not resume
         _write_state(state_path, collection, done, digest)
@@ -153,11 +145,11 @@ def index_file(
     started = time.perf_counter()
     indexed = count = 0
     hasher = hashlib.sha256()
-    with open(path, "rb") as fh, tqdm(
+    with tqdm(
         total=total, unit="doc", desc=f"indexing {collection}", file=progress,
         disable=progress is None, dynamic_ncols=True,
     ) as bar:  # fmt: skip
-        lines = iter(fh)
+        lines = records(path)
         skipped = 0
         if done:
             for raw in lines:
@@ -167,8 +159,7 @@ def index_file(
                     break
             if skipped != done or hasher.hexdigest() != digest:
                 say(f"{path} changed since {state_path} was written: starting over")
-                fh.seek(0)
-                lines, skipped, hasher = iter(fh), 0, hashlib.sha256()
+                lines, skipped, hasher = records(path), 0, hashlib.sha256()
             else:
                 say(f"resuming after {done} lines acknowledged earlier ({state_path})")
         bar.update(skipped)
@@ -208,7 +199,7 @@ def _batches(
         line_no += 1
         if raw.strip():
             try:
-                doc = to_document(orjson.loads(raw))
+                doc = compact_embedding(to_document(orjson.loads(raw)))
             except (orjson.JSONDecodeError, ValueError) as exc:
                 raise ClientError(f"line {line_no}: {exc}") from exc
             doc_id = str(doc.get("id"))

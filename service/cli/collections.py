@@ -32,7 +32,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                 progress=None if args.quiet else sys.stderr,
                 say=lambda m: print(m, file=sys.stderr),
             )
-    except (ClientError, OSError) as exc:
+    except (ClientError, OSError, ImportError, ValueError) as exc:
         print(f"simsvc index: {exc}", file=sys.stderr)
         print("run the same command again to resume after the acknowledged lines", file=sys.stderr)
         return 1
@@ -228,7 +228,9 @@ def register(sub: Any) -> None:
         "file",
         type=Path,
         nargs="+",
-        help='JSONL: {"id", "text", "metadata"} or a BEIR corpus; Parquet too with --engine ray',
+        help='JSONL: {"id", "text", "metadata", "embedding"} or a BEIR corpus; Parquet (.parquet: '
+        "columns id, text, metadata, embedding; needs pyarrow). embedding: the raw vector of the "
+        "collection's model (a list of floats or base64 float32); the text is then not encoded",
     )
     p.add_argument("--collection", required=True)
     p.add_argument(

@@ -34,8 +34,10 @@ from models.beir import to_document
 from service.options import engine_options, make_collections, postgres_options, uses_postgres
 from service.runtime.bundle import load_bundle
 from service.runtime.engine import Engine
+from service.runtime.imported import EmbeddingError, decode_embedding
 from service.runtime.store.base import Document, ModelInfo, check_name
 from service.runtime.store.postgres import PostgresStore
+from service.runtime.types import FloatArray
 from service.settings import Settings
 
 log = logging.getLogger("simsvc.index")
@@ -104,6 +106,15 @@ class _Upsert:
         self._name = opts.collection
         self._done = done
 
+    def _embedding(self, doc_id: str, value: Any) -> FloatArray | None:
+        """An imported raw vector (the text is then not encoded), checked as the server does."""
+        if value is None:
+            return None
+        try:
+            return decode_embedding(value, self._engine.core.dims)
+        except EmbeddingError as exc:
+            raise ValueError(f"document {doc_id!r}: {exc}") from exc
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         docs: dict[str, Document] = {}
         for obj in _rows(batch):
@@ -113,7 +124,10 @@ class _Upsert:
                 continue
             docs.pop(doc_id, None)  # a repeated id: the later line wins, in its place
             docs[doc_id] = Document(
-                doc_id, str(doc.get("text", "")), dict(doc.get("metadata") or {})
+                doc_id,
+                str(doc.get("text", "")),
+                dict(doc.get("metadata") or {}),
+                self._embedding(doc_id, doc.get("embedding")),
             )
         if docs:
             size = self._collections.limits.batch_documents

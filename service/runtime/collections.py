@@ -26,6 +26,7 @@ from service.errors import (
     ValidationError,
 )
 from service.runtime.engine import Engine
+from service.runtime.imported import raw_vectors
 from service.runtime.index import PARAMS, IndexKind, IndexSpec
 from service.runtime.lexical import ANALYZERS
 from service.runtime.search import (
@@ -450,7 +451,9 @@ class CollectionHandle:
         try:
             async for batch in batches:
                 check_documents(batch, limits)
-                raw = await self.collections.encode(engine, [d.text for d in batch])
+                raw = await raw_vectors(
+                    batch, engine.core.dims, lambda t: self.collections.encode(engine, t)
+                )
                 await writer.upsert(batch, raw)
                 indexed += len(batch)
             if not indexed:

@@ -40,6 +40,7 @@ from service.errors import (
     ValidationError,
 )
 from service.runtime.fusion import explain
+from service.runtime.imported import EmbeddingError, decode_embedding
 from service.runtime.search import SearchRequest as SearchQuery
 from service.runtime.store.base import Document
 from service.runtime.store.filters import check_filter
@@ -85,8 +86,16 @@ def is_document_stream(scope: Scope) -> bool:
     return _media_type(content_type) in NDJSON_TYPES
 
 
-def _document(doc: DocumentIn) -> Document:
-    return Document(doc.id, doc.text, doc.metadata)
+def _document(doc: DocumentIn, dims: int, where: str) -> Document:
+    """The document as the runtime takes it; an imported vector decoded and checked here,
+    so that the error names where it is (`where`: the NDJSON line, the JSON index)."""
+    embedding = None
+    if doc.embedding is not None:
+        try:
+            embedding = decode_embedding(doc.embedding, dims)
+        except EmbeddingError as exc:
+            raise ValidationError(f"{where} (document {doc.id!r}): {exc}") from exc
+    return Document(doc.id, doc.text, doc.metadata, embedding)
 
 
 async def _batches(docs: Sequence[Document], size: int) -> AsyncIterator[Sequence[Document]]:
@@ -95,9 +104,10 @@ async def _batches(docs: Sequence[Document], size: int) -> AsyncIterator[Sequenc
 
 
 async def ndjson_batches(
-    chunks: AsyncIterator[bytes], max_line: int, size: int
+    chunks: AsyncIterator[bytes], max_line: int, size: int, dims: int
 ) -> AsyncIterator[list[Document]]:
-    """Documents of an NDJSON stream in batches; only one batch and one line in memory."""
+    """Documents of an NDJSON stream in batches; only one batch and one line in memory.
+    Imported vectors must have `dims` components."""
     buffer = bytearray()
     line_no = 0
     batch: list[Document] = []
@@ -110,9 +120,10 @@ async def ndjson_batches(
         except ValueError as exc:
             raise ValidationError(f"line {line_no}: {exc}") from exc
         try:
-            return _document(DocumentIn.model_validate(data))
+            doc = DocumentIn.model_validate(data)
         except pydantic.ValidationError as exc:
             raise ValidationError(f"line {line_no}: {describe_problems(exc.errors())}") from exc
+        return _document(doc, dims, f"line {line_no}")
 
     def too_long() -> BodyTooLargeError:
         return BodyTooLargeError(f"NDJSON line {line_no} exceeds the limit of {max_line} bytes")
@@ -223,10 +234,11 @@ async def add_documents(
     """
     settings = request.app.state.simsvc.settings
     size = collections.limits.batch_documents
+    dims = engine.core.dims  # a collection's raw vectors: `check_model` keeps them alike
     media_type = _media_type(request.headers.get("content-type", "application/json"))
     batches: AsyncIterator[Sequence[Document]]
     if media_type in NDJSON_TYPES:
-        batches = ndjson_batches(request.stream(), settings.max_ndjson_line_bytes, size)
+        batches = ndjson_batches(request.stream(), settings.max_ndjson_line_bytes, size, dims)
     elif media_type == "application/json":
         await parse_json_body(request)
         payload = await request.json() if await request.body() else None
@@ -239,7 +251,8 @@ async def add_documents(
                 f"{len(body.documents)} documents in one request; the limit is "
                 f"{settings.max_documents_per_request} (stream more as NDJSON)"
             )
-        batches = _batches([_document(d) for d in body.documents], size)
+        docs = [_document(d, dims, f"documents[{i}]") for i, d in enumerate(body.documents)]
+        batches = _batches(docs, size)
     else:
         raise UnsupportedMediaTypeError(
             f"content type {media_type!r}: send application/json or application/x-ndjson"

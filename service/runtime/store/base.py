@@ -83,6 +83,9 @@ class Document:
     id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    embedding: FloatArray | None = field(default=None, compare=False, repr=False)
+    """On the way in only: its raw vector when the client imported one (the text is then not
+    encoded; see `service.runtime.imported`). Stores never read it, and never return one."""
 
 
 @dataclass(frozen=True)
