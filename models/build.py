@@ -30,7 +30,7 @@ from models.export_onnx import (
     load_checkpoint,
     tokenizer_model,
 )
-from models.optimize import QUANTIZED_OPS, fuse_graph, quantize_int8
+from models.optimize import QUANTIZATIONS, fuse_graph, quantization_method, quantize_int8
 from models.prompts import PromptOptions, read_st_prompts, resolve_prompts
 from service.runtime.bundle import (
     FORMAT_VERSION,
@@ -343,19 +343,18 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
                 f"tokenizer match {tokenizer_match}"
             )
         fp32_encoder, quantization = encoder, None
-        if opts.quantize == "int8":
+        if opts.quantize in QUANTIZATIONS:
             fp32_path = work / ".model.fp32.onnx"  # dot-files stay out of the bundle
             os.replace(model_path, fp32_path)
-            quantize_int8(fp32_path, model_path)
+            quantize_int8(fp32_path, model_path, QUANTIZATIONS[opts.quantize])
             fp32_encoder, encoder = encoder_for(fp32_path), encoder_for(model_path)
             quantization = QuantizationInfo(
-                method="dynamic int8: s8 weights per tensor, u8 activations; "
-                + "+".join(QUANTIZED_OPS),
+                method=quantization_method(opts.quantize),
                 min_cosine_vs_fp32=agreement(encoder, fp32_encoder, parity_texts),
             )
             say(f"int8: min cosine vs fp32 {quantization.min_cosine_vs_fp32}")
         elif opts.quantize is not None:
-            raise ValueError(f"unknown quantization {opts.quantize!r}; use int8")
+            raise ValueError(f"unknown quantization {opts.quantize!r}: {list(QUANTIZATIONS)}")
         # Whitening, the head and the dev figures see text as pairs are served: query-prompted,
         # each distinct text encoded once (warmed in one pass sorted by length).
         cached = CachedEncoder(encoder)

@@ -62,7 +62,7 @@ class Recipe:
     """Pairs per train split the whitening and head are fitted on (a seeded sample)."""
 
 
-MULTILINGUAL = Recipe(languages=("en", "zh"), quantize="int8", fit_sample=2000)
+MULTILINGUAL = Recipe(languages=("en", "zh"), quantize="int8-channel", fit_sample=2000)
 ENGLISH = Recipe(languages=("en",))
 
 

@@ -288,9 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quantize",
-        choices=["int8"],
-        help="dynamic int8 quantization (u8s8, uses VNNI); its accuracy cost on "
-        "--eval-on sets is recorded in the manifest",
+        choices=["int8", "int8-channel"],
+        help="dynamic int8 quantization (u8s8, uses VNNI), weight scales per tensor or per "
+        "output channel; its accuracy cost on --eval-on sets is recorded in the manifest",
     )
     p.add_argument(
         "--eval-on",
