@@ -3,6 +3,7 @@ checkpoint, same threads, same inputs, measured in one run.
 
     python bench/encoder.py                   # all models
     python bench/encoder.py --models ref-en --repeats 3
+    python bench/encoder.py --models e5-small-enzh --quantize int8-channel  # the default
 
 Engines run interleaved, `--repeats` times; each figure is the median, and each ratio is the
 median of the per-repeat ratios (so a noisy moment hits both sides of a pair alike).
@@ -163,9 +164,9 @@ def run_model(
 ) -> None:
     fp32_dir = bundle(f"{name}-fp32", str(checkpoint), max_length=MAX_LENGTH, threads=args.threads)
     int8_dir = bundle(
-        f"{name}-int8",
+        f"{name}-{args.quantize}",
         str(checkpoint),
-        quantize="int8",
+        quantize=args.quantize,
         max_length=MAX_LENGTH,
         threads=args.threads,
     )
@@ -258,6 +259,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sentences", type=int, default=512)
     parser.add_argument("--passages", type=int, default=96)
+    parser.add_argument(
+        "--quantize", default="int8", choices=["int8", "int8-channel"], help="the int8 column"
+    )
     parser.add_argument("--infinity-python", help="python of a venv with infinity-emb[optimum]")
     args = parser.parse_args()
     shared = shared_dir()
@@ -274,6 +278,13 @@ def main() -> None:
         ),
     }
     configs = shared / "models" / "configs-only"
+    # multilingual-e5 reads text behind its prompt; both sides get the same prompted texts
+    e5 = {
+        "STS-B sentences": [f"query: {t}" for t in en["STS-B sentences"][: args.sentences // 2]],
+        "STS-B-zh sentences": [
+            f"query: {t}" for t in sentences(shared / "data/stsb-zh/dev.txt", args.sentences // 2)
+        ],
+    }
     models: dict[str, tuple[Callable[[], Path], dict[str, list[str]]]] = {
         "ref-en": (lambda: shared / "models" / "refbert-en-L6-H384", en),
         "minilm": (lambda: random_checkpoint("minilm", configs / "all-MiniLM-L6-v2"), en),
@@ -281,6 +292,7 @@ def main() -> None:
             lambda: random_checkpoint("bert-base-chinese", configs / "bert-base-chinese"),
             zh,
         ),
+        "e5-small-enzh": (lambda: shared / "models" / "multilingual-e5-small-enzh", e5),
     }
     rows: list[list[object]] = []
     series: dict[str, list[float]] = {}

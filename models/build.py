@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from models.build_cross import CrossBuild, CrossOptions, build_cross
+from models.build_fit import CachedEncoder, HeadData, fit_texts, is_pair_file
 from models.build_reranker import build_reranker
-from models.datasets import read_pairs, read_texts
+from models.datasets import read_pairs
 from models.evaluate import cosine_spearman, encode_pair_set, evaluate_pairs
 from models.export_onnx import (
     PARITY_TEXTS,
@@ -31,7 +32,7 @@ from models.export_onnx import (
     load_checkpoint,
     tokenizer_model,
 )
-from models.optimize import QUANTIZED_OPS, fuse_graph, quantize_int8
+from models.optimize import QUANTIZATIONS, fuse_graph, quantization_method, quantize_int8
 from models.prompts import PromptOptions, read_st_prompts, resolve_prompts
 from service.runtime.bundle import (
     FORMAT_VERSION,
@@ -73,7 +74,8 @@ class BuildOptions:
     whiten: str = "fit"
     """fit: serve the whitening fitted on `whiten_on`; auto: only if it raises the mean
     Spearman of the cosine on the `eval_on` pairs."""
-    head_pairs: Path | None = None
+    head_pairs: Path | list[Path] | None = None
+    """One labelled pair file or several (each file's scale mapped onto [0, 1] on its own)."""
     head: str = "lr"
     calibration: str | None = None
     max_length: int | None = None
@@ -96,11 +98,20 @@ class BuildOptions:
     reranker_max_length: int | None = None
     prompts: PromptOptions = field(default_factory=PromptOptions)
     """The model's prompts (config_sentence_transformers.json) and the name each use takes."""
+    fit_sample: int | None = None
+    """Fit on at most this many pairs of each pair file (lines of a text corpus), a seeded
+    sample shared by the whitening and the head; None: all of them."""
+
+    @property
+    def head_files(self) -> list[Path]:
+        if self.head_pairs is None:
+            return []
+        return [self.head_pairs] if isinstance(self.head_pairs, Path) else list(self.head_pairs)
 
 
-def _texts(files: list[Path]) -> Iterator[str]:
+def _texts(files: list[Path], cap: int | None = None) -> Iterator[str]:
     for f in files:
-        yield from read_texts(f)
+        yield from fit_texts(f, cap)
 
 
 def fit_whitening(
@@ -109,12 +120,13 @@ def fit_whitening(
     files: list[Path],
     k: int | None,
     say: Callable[[str], None],
+    cap: int | None = None,
 ) -> tuple[Whitening, WhiteningInfo]:
     """Accumulate mean and covariance chunk by chunk over the corpus, then fit W_k."""
     acc = WhiteningAccumulator(encoder.dims)
     sample: list[np.ndarray] = []
     kept = 0
-    for _chunk, vectors in encode_stream(encoder, _texts(files)):
+    for _chunk, vectors in encode_stream(encoder, _texts(files, cap)):
         acc.update(vectors[pooling])
         if kept < ANISOTROPY_SAMPLE:
             take = vectors[pooling][: ANISOTROPY_SAMPLE - kept]
@@ -208,6 +220,61 @@ def evaluate_into(
             }
 
 
+def _warm_texts(opts: BuildOptions, head_data: HeadData | None) -> list[str]:
+    """Every distinct text the fitting and judging read from pair files (a text corpus is
+    streamed by the whitening instead: it may not fit in memory)."""
+    texts: dict[str, None] = {}
+    for f in opts.whiten_on:
+        if is_pair_file(f):
+            texts.update(dict.fromkeys(fit_texts(f, opts.fit_sample)))
+    if head_data is not None:
+        texts.update(dict.fromkeys(head_data.sentences()))
+    for f in opts.eval_on:
+        texts.update(dict.fromkeys(read_pairs(f).sentences()))
+    return list(texts)
+
+
+def fit_head(
+    encoder: EncoderCore,
+    pooling: str,
+    whitening: Whitening,
+    data: HeadData,
+    opts: BuildOptions,
+    work: Path,
+    say: Callable[[str], None],
+) -> HeadInfo:
+    """Train the pair head on the (whitened) views of the pairs and save it into the bundle."""
+    from models.train_head import train_head
+
+    say(f"head: encoding {data.count} pairs from {data.names}")
+    sentences = data.sentences()
+    raw = encode_texts(encoder, sentences)[pooling]
+    ia, ib = data.indices({s: i for i, s in enumerate(sentences)})
+    mark = time.time()
+    head, facts = train_head(
+        make_views(raw, whitening, ia, ib),
+        data.targets(),
+        kind=opts.head,
+        calibration=opts.calibration,
+        binary=data.binary,
+    )
+    head.save(work / HEAD_FILE)
+    say(
+        f"head: C={facts['c']}, cross-validated Spearman {facts['cv_spearman']} "
+        f"(trained in {time.time() - mark:.0f} s)"
+    )
+    return HeadInfo(
+        kind=opts.head,
+        calibration=facts["calibration"],
+        data=data.names,
+        pairs=data.count,
+        targets=data.describe_targets(),
+        c=facts["c"],
+        c_path=facts["c_path"],
+        cv_spearman=facts["cv_spearman"],
+    )
+
+
 def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> Manifest:
     """Build a complete, verified bundle at `opts.out`."""
     import onnxruntime
@@ -262,7 +329,10 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
             )
 
         encoder = encoder_for(model_path)
-        parity_texts = list(PARITY_TEXTS) + list(islice(_texts(opts.whiten_on), 24))
+        per_file = max(4, 24 // max(1, len(opts.whiten_on)))  # every language fitted on
+        parity_texts = list(PARITY_TEXTS) + [
+            t for f in opts.whiten_on for t in islice(fit_texts(f, None), per_file)
+        ]
         if query_prompt:
             parity_texts += [query_prompt + t for t in parity_texts[:4]]
         parity, tokenizer_match, hf_differs = check_parity(ckpt, encoder, parity_texts)
@@ -279,25 +349,36 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
                 f"tokenizer match {tokenizer_match}"
             )
         fp32_encoder, quantization = encoder, None
-        if opts.quantize == "int8":
+        if opts.quantize in QUANTIZATIONS:
             fp32_path = work / ".model.fp32.onnx"  # dot-files stay out of the bundle
             os.replace(model_path, fp32_path)
-            quantize_int8(fp32_path, model_path)
+            quantize_int8(fp32_path, model_path, QUANTIZATIONS[opts.quantize])
             fp32_encoder, encoder = encoder_for(fp32_path), encoder_for(model_path)
             quantization = QuantizationInfo(
-                method="dynamic int8: s8 weights per tensor, u8 activations; "
-                + "+".join(QUANTIZED_OPS),
+                method=quantization_method(opts.quantize),
                 min_cosine_vs_fp32=agreement(encoder, fp32_encoder, parity_texts),
             )
             say(f"int8: min cosine vs fp32 {quantization.min_cosine_vs_fp32}")
         elif opts.quantize is not None:
-            raise ValueError(f"unknown quantization {opts.quantize!r}; use int8")
-        # Whitening, the head and the dev figures see text as pairs are served: query-prompted.
-        served = PromptedEncoder(encoder, query_prompt)
-        served_fp32 = PromptedEncoder(fp32_encoder, query_prompt)
+            raise ValueError(f"unknown quantization {opts.quantize!r}: {list(QUANTIZATIONS)}")
+        # Whitening, the head and the dev figures see text as pairs are served: query-prompted,
+        # each distinct text encoded once (warmed in one pass sorted by length).
+        cached = CachedEncoder(encoder)
+        served = PromptedEncoder(cached, query_prompt)
+        served_fp32 = PromptedEncoder(
+            cached if fp32_encoder is encoder else CachedEncoder(fp32_encoder), query_prompt
+        )
+        head_data = HeadData.read(opts.head_files, opts.fit_sample) if opts.head_files else None
+        warm = _warm_texts(opts, head_data)
+        if warm:
+            mark = time.time()
+            encode_texts(served, warm)
+            say(f"encoded {len(warm)} distinct texts in {time.time() - mark:.0f} s")
 
         if opts.whiten_on:
-            whitening, winfo = fit_whitening(served, pooling, opts.whiten_on, opts.whiten_dim, say)
+            whitening, winfo = fit_whitening(
+                served, pooling, opts.whiten_on, opts.whiten_dim, say, opts.fit_sample
+            )
             if opts.whiten == "auto":
                 whitening, winfo = choose_whitening(
                     served, pooling, whitening, winfo, opts.eval_on, say
@@ -309,41 +390,8 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
         whitening.save(work / WHITENING_FILE)
 
         head_info = None
-        if opts.head_pairs is not None:
-            from models.train_head import train_head
-
-            pairs = read_pairs(opts.head_pairs)
-            say(f"head: encoding {len(pairs.pairs)} pairs from {opts.head_pairs.name}")
-            sentences = pairs.sentences()
-            where = {s: i for i, s in enumerate(sentences)}
-            raw = encode_texts(served, sentences)[pooling]
-            views = make_views(
-                raw,
-                whitening,
-                np.array([where[p.a] for p in pairs.pairs]),
-                np.array([where[p.b] for p in pairs.pairs]),
-            )
-            head, facts = train_head(
-                views,
-                pairs.targets(),
-                kind=opts.head,
-                calibration=opts.calibration,
-                binary=pairs.binary,
-            )
-            head.save(work / HEAD_FILE)
-            head_info = HeadInfo(
-                kind=opts.head,
-                calibration=facts["calibration"],
-                data=opts.head_pairs.name,
-                pairs=len(pairs.pairs),
-                targets="binary labels"
-                if pairs.binary
-                else f"soft labels (score - {pairs.low:g}) / {pairs.high - pairs.low:g}",
-                c=facts["c"],
-                c_path=facts["c_path"],
-                cv_spearman=facts["cv_spearman"],
-            )
-            say(f"head: C={facts['c']}, cross-validated Spearman {facts['cv_spearman']}")
+        if head_data is not None:
+            head_info = fit_head(served, pooling, whitening, head_data, opts, work, say)
 
         cross: CrossBuild | None = None
         if opts.cross_model is not None:
@@ -423,10 +471,13 @@ def build_bundle(opts: BuildOptions, say: Callable[[str], None] = log.info) -> M
         )
         manifest = write_manifest(work, manifest)
         if opts.eval_on:
+            mark = time.time()
             evaluate_into(
                 manifest, load_bundle(work), opts.eval_on, (served, served_fp32), cross, say
             )
             manifest = write_manifest(work, manifest)
+            say(f"dev evaluation in {time.time() - mark:.0f} s")
+        say(f"graph runs: {cached.runs} texts encoded, {cached.reused} reused")
         for leftover in work.glob(".*"):
             leftover.unlink()
         load_bundle(work)  # the service's own check, before the bundle is moved into place

@@ -22,7 +22,7 @@ from models.export_cross import (
     load_cross_checkpoint,
     parity_pairs,
 )
-from models.optimize import QUANTIZED_OPS, fuse_graph, quantize_int8
+from models.optimize import QUANTIZATIONS, fuse_graph, quantization_method, quantize_int8
 from service.runtime.bundle import (
     CROSS_CALIBRATION_FILE,
     CROSS_MODEL_FILE,
@@ -129,20 +129,19 @@ def build_cross(
 
     core = fp32_core = core_for(path)
     quantization = None
-    if opts.quantize == "int8":
+    if opts.quantize in QUANTIZATIONS:
         fp32_path = work / ".cross.fp32.onnx"  # dot-files stay out of the bundle
         os.replace(path, fp32_path)
-        quantize_int8(fp32_path, path)
+        quantize_int8(fp32_path, path, QUANTIZATIONS[opts.quantize])
         fp32_core, core = core_for(fp32_path), core_for(path)
         diff = np.abs(cross_logits(core, checks) - cross_logits(fp32_core, checks)).max()
         quantization = CrossQuantization(
-            method="dynamic int8: s8 weights per tensor, u8 activations; "
-            + "+".join(QUANTIZED_OPS),
+            method=quantization_method(opts.quantize),
             max_abs_diff_vs_fp32=round(float(diff), 6),
         )
         say(f"cross-encoder int8: max abs logit diff vs fp32 {diff:.4f}")
     elif opts.quantize is not None:
-        raise ValueError(f"unknown quantization {opts.quantize!r}; use int8")
+        raise ValueError(f"unknown quantization {opts.quantize!r}: {list(QUANTIZATIONS)}")
 
     if calibration_pairs is not None and opts.calibrate_on is not None:
         from models.train_head import fit_calibration

@@ -86,7 +86,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             whiten_on=args.whiten_on,
             whiten_dim=args.whiten_dim,
             whiten=args.whiten,
-            head_pairs=args.head_pairs,
+            head_pairs=args.head_pairs or None,
+            fit_sample=args.fit_sample,
             head=args.head,
             calibration=args.calibration,
             max_length=args.max_length,
@@ -263,7 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit: serve the whitening fitted on --whiten-on; auto: keep it only when it "
         "raises the cosine's Spearman on the --eval-on pairs (the manifest says which)",
     )
-    p.add_argument("--head-pairs", type=Path, help="labelled pairs to train the head on")
+    p.add_argument(
+        "--head-pairs",
+        type=Path,
+        action="append",
+        default=[],
+        help="labelled pairs to train the head on; repeatable (e.g. English and Chinese STS-B "
+        "train: each file's scale is mapped onto [0, 1] on its own)",
+    )
+    p.add_argument(
+        "--fit-sample",
+        type=int,
+        metavar="N",
+        help="fit the whitening and the head on a seeded sample of at most N pairs of each "
+        "pair file (N lines of a text corpus); default: all",
+    )
     p.add_argument("--head", choices=["lr", "svm"], default="lr")
     p.add_argument("--calibration", choices=["logistic", "sigmoid", "isotonic"])
     p.add_argument("--max-length", type=int)
@@ -275,9 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quantize",
-        choices=["int8"],
-        help="dynamic int8 quantization (u8s8, uses VNNI); its accuracy cost on "
-        "--eval-on sets is recorded in the manifest",
+        choices=["int8", "int8-channel"],
+        help="dynamic int8 quantization (u8s8, uses VNNI), weight scales per tensor or per "
+        "output channel; its accuracy cost on --eval-on sets is recorded in the manifest",
     )
     p.add_argument(
         "--eval-on",

@@ -98,19 +98,18 @@ def test_default_bundle_is_built_once_then_cached(
     assert any("using cached" in m for m in messages)
 
 
-def test_default_model_prefers_env_then_shared_minilm_then_reference(tmp_path: Path) -> None:
+def test_default_model_prefers_env_then_shared_e5_then_minilm_then_reference(
+    tmp_path: Path,
+) -> None:
     from service.cli.default_bundle import HUB_FALLBACK, default_model
 
     assert default_model(Settings(model="org/some-bert", shared=tmp_path)) == "org/some-bert"
     assert default_model(Settings(shared=tmp_path)) == HUB_FALLBACK
-    ref = tmp_path / "models" / "refbert-en-L6-H384"
-    ref.mkdir(parents=True)
-    (ref / "config.json").write_text("{}")
-    assert default_model(Settings(shared=tmp_path)) == str(ref)
-    minilm = tmp_path / "models" / "all-MiniLM-L6-v2"
-    minilm.mkdir(parents=True)
-    (minilm / "config.json").write_text("{}")
-    assert default_model(Settings(shared=tmp_path)) == str(minilm)
+    for name in ("refbert-en-L6-H384", "all-MiniLM-L6-v2", "multilingual-e5-small-enzh"):
+        ckpt = tmp_path / "models" / name
+        ckpt.mkdir(parents=True)
+        (ckpt / "config.json").write_text("{}")
+        assert default_model(Settings(shared=tmp_path)) == str(ckpt)
     assert default_model(Settings(model="org/some-bert", shared=tmp_path)) == "org/some-bert"
 
 
@@ -170,12 +169,11 @@ def test_whiten_auto_drops_a_whitening_that_lowers_dev_spearman(
 def test_serving_without_bundle_or_build_extra_says_what_to_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import models.export_onnx
+    import service.cli.default_bundle
 
-    def missing() -> None:
-        raise ImportError(models.export_onnx.BUILD_EXTRA_HINT)
-
-    monkeypatch.setattr(models.export_onnx, "require_build_extra", missing)
+    monkeypatch.setattr(
+        service.cli.default_bundle, "build_extra_missing", lambda: "torch is not installed"
+    )
     with pytest.raises(SystemExit) as info:
         ensure_default_bundle(Settings(shared=tmp_path, cache_dir=tmp_path / "c"))
     assert "SIMSVC_BUNDLE" in str(info.value) and "simsvc[build]" in str(info.value)

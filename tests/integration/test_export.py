@@ -159,8 +159,9 @@ def test_fused_graph_keeps_parity(tiny_bundle: Path) -> None:
     assert min(p.min_cosine for p in manifest.parity.values()) >= 0.99999
 
 
+@pytest.mark.parametrize("kind", ["int8", "int8-channel"])
 def test_int8_build_records_its_accuracy_cost(
-    tmp_path: Path, tiny_checkpoint: Path, tiny_data: dict[str, Path]
+    tmp_path: Path, tiny_checkpoint: Path, tiny_data: dict[str, Path], kind: str
 ) -> None:
     import onnx
 
@@ -173,13 +174,14 @@ def test_int8_build_records_its_accuracy_cost(
             max_length=64,
             whiten_on=[tiny_data["corpus"]],
             eval_on=[tiny_data["dev"]],
-            quantize="int8",
+            quantize=kind,
             threads=1,
         ),
         say=lambda _m: None,
     )
     q = manifest.quantization
     assert q is not None and "int8" in q.method
+    assert ("per channel" in q.method) == (kind == "int8-channel")
     assert set(q.min_cosine_vs_fp32) == {"cls", "pooler", "mean", "first_last_avg"}
     assert all(0.9 < c <= 1.0 for c in q.min_cosine_vs_fp32.values())
     figures = q.spearman["dev.tsv"]
