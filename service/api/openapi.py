@@ -192,6 +192,7 @@ def install_openapi(app: FastAPI, state: AppState) -> None:
         embed = schemas.get("EmbedRequest")
         if embed is not None:
             complete = _embed_rules(embed, state) and complete
+        complete = _prompt_names(document, state) and complete
         for schema in _inline_bodies(document, "/", "/invocations"):
             if schema.get("title") == "TEIFeatureExtraction":
                 complete = _embed_rules(schema, state) and complete
@@ -200,6 +201,32 @@ def install_openapi(app: FastAPI, state: AppState) -> None:
         return document
 
     app.openapi = build  # type: ignore[method-assign]
+
+
+def _prompt_names(document: dict[str, Any], state: AppState) -> bool:
+    """Every `prompt_name` field is one of the loaded bundle's prompt names, or null: the
+    document says what the server accepts (a name it does not have is a 422)."""
+    engine = state.engine
+    if engine is None:
+        return False
+    names = sorted(engine.prompts.prompts)
+    named: dict[str, Any] = {"type": "string", "enum": names} if names else {"not": {}}
+
+    def visit(node: Any) -> None:
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict) and isinstance(props.get("prompt_name"), dict):
+                field = props["prompt_name"]
+                kept = {k: v for k, v in field.items() if k in ("title", "description", "default")}
+                props["prompt_name"] = {**kept, "anyOf": [named, {"type": "null"}]}
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(document)
+    return True
 
 
 def _inline_bodies(document: dict[str, Any], *paths: str) -> list[dict[str, Any]]:

@@ -99,6 +99,38 @@ def test_an_unknown_prompt_name_is_a_422_naming_the_field_and_the_prompts(
     assert served.core.texts == []  # refused before anything was encoded
 
 
+def test_the_openapi_document_names_the_prompts_the_server_takes(
+    served: Served, make_client: Client, settings: Settings
+) -> None:
+    """A schema-valid prompt_name is one the server accepts: fuzzers and generated clients
+    read the bundle's names from the document (none when the bundle has no prompts)."""
+
+    def prompt_fields(document: Any) -> list[Any]:
+        found: list[Any] = []
+
+        def visit(node: Any) -> None:
+            if isinstance(node, dict):
+                field = (node.get("properties") or {}).get("prompt_name")
+                if isinstance(field, dict):
+                    found.append(field)
+                for value in node.values():
+                    visit(value)
+            elif isinstance(node, list):
+                for value in node:
+                    visit(value)
+
+        visit(document)
+        return found
+
+    fields = prompt_fields(served.client.get("/openapi.json").json())
+    assert len(fields) >= 3  # /embed's body, /v1/embeddings' body, TEI's parameters
+    for field in fields:
+        assert {"type": "string", "enum": ["passage", "query", "zebra"]} in field["anyOf"]
+    bare = make_client(settings, engine_factory=fake_factory(FakeEncoder(dims=16)))
+    for field in prompt_fields(bare.get("/openapi.json").json()):
+        assert not any(branch.get("type") == "string" for branch in field["anyOf"])
+
+
 def test_token_ids_take_no_prompt(served: Served) -> None:
     ids = {"input": [[2000, 2001]], "token_ids": "model"}
     assert served.read("POST", "/v1/embeddings", json=ids) == []
