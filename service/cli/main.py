@@ -215,9 +215,15 @@ class _Commands:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="simsvc", formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="simsvc",
+        usage="simsvc [-h] COMMAND ...",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = _Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    # The commands are listed, grouped, in the description: no bare "positional arguments".
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS
+    )
+    sub = _Commands(commands)
 
     p = sub.add_parser(
         "serve",
