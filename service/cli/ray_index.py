@@ -2,9 +2,10 @@
 each writing through the same path as an HTTP upload.
 
 `simsvc index FILE... --engine ray` runs it. Each actor builds the bundle's engine once
-(`Engine.from_bundle`; the bundle's bytes travel through Ray's object store, so a cluster's
-workers need no shared disk for it) with a few ONNX threads, and hands each batch to
-`Collections.upsert` on the PostgreSQL store, the call behind
+(`Engine.from_bundle`; on a cluster the bundle's bytes travel through Ray's object store, so
+its workers need no shared disk for it; a local Ray's actors read it in place) with a few
+ONNX threads, and hands each batch to `Collections.upsert` on the PostgreSQL store, the call
+behind
 `POST /v1/collections/{name}/documents`: the same checks, encoding, whitening and
 transaction, one per batch, as if replicas of the service were sent the batches. The
 store's advisory locks let the actors write side by side. Resumable by id: documents whose
@@ -96,7 +97,7 @@ class _Upsert:
 
     def __init__(self, files: dict[str, bytes], opts: RayIndexOptions, done: set[str]) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="simsvc-actor-")
-        root = Path(self._dir.name)
+        root = Path(self._dir.name) if files else opts.bundle  # a local Ray reads it in place
         for name, data in files.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_bytes(data)
@@ -214,7 +215,8 @@ def index_with_ray(
             local = {"num_cpus": os.cpu_count() or 1, "object_store_memory": OBJECT_STORE_BYTES}
         ray.init(address=opts.address, include_dashboard=False, log_to_driver=False, **local)
         try:
-            indexed = _run(ray, opts, _bundle_files(opts.bundle), done, progress)
+            files = _bundle_files(opts.bundle) if opts.address else {}
+            indexed = _run(ray, opts, files, done, progress)
         finally:
             ray.shutdown()
         count = int(loop.run_until_complete(collections.info(opts.collection))["count"])
