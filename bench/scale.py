@@ -6,15 +6,21 @@ throwaway embedded server unless --store gives a URL): import docs/s through the
 upload less its encoding), the process's RSS, disk, then p50 and p99 ms per search mode
 (dense, lexical, hybrid; one query at a time) and dense recall@10 against exact search.
 
-Texts: paragraphs of ../shared/data/corpus/en-*.txt.xz (repeated with a suffix beyond its
-size). Vectors: synthetic but tied to the text: each paragraph's hashed bag of words (4,096
-buckets, log counts) through a fixed Gaussian projection to 384 dims, unit length; so dense
-and lexical neighbours correlate as a real encoder's do, and near-duplicates are near.
+Texts: paragraphs (lines of 80 characters or more) of ../shared/data/corpus/en-*.txt.xz,
+about 100,000 of them, repeated with a suffix beyond that. Vectors: synthetic but tied to
+the text: each paragraph's hashed bag of words (4,096 buckets, log counts) through a fixed
+Gaussian projection to 384 dims, unit length; so dense and lexical neighbours correlate as
+a real encoder's do, and near-duplicates are near.
 
     .venv/bin/python bench/scale.py --sizes 10000 100000
     .venv/bin/python bench/scale.py --sizes 1000000 --stores local   # needs the RAM below
+    .venv/bin/python bench/scale.py --kinds 50000   # the index kinds alone, per vector
 
-Figures to bench/out/scale.json, a plot to bench/plots/scale.png.
+Figures to bench/out/scale.json, a plot to bench/plots/scale.png. `--kinds N` instead builds
+each FAISS index kind over N of these vectors (the service's default parameters) and reports
+build seconds, bytes per vector (its FAISS file, which is what it holds in memory), reopen
+seconds and recall@10 against exact search (ivf_pq re-scored on the exact vectors, as the
+local store does from disk): bench/out/scale_kinds.json.
 """
 
 from __future__ import annotations
@@ -53,20 +59,24 @@ def paragraphs(n: int) -> list[str]:
     found: list[str] = []
     for path in sorted((shared_dir() / "data" / "corpus").glob("en-*.txt.xz")):
         with lzma.open(path, "rt", encoding="utf-8") as fh:
-            found += [p.strip() for p in fh.read().split("\n\n") if len(p.strip()) >= 80]
+            found += [line.strip() for line in fh if len(line.strip()) >= 80]
     return [found[i % len(found)] + ("" if i < len(found) else f" ({i})") for i in range(n)]
 
 
 PROJECTION = np.random.default_rng(0).standard_normal((BUCKETS, DIMS)).astype(np.float32)
 
 
-def vectors(texts: list[str]) -> np.ndarray:
-    """Hashed bag of words through a fixed projection, unit length."""
-    counts = np.zeros((len(texts), BUCKETS), dtype=np.float32)
-    for row, text in enumerate(texts):
-        for word in WORD.findall(text.lower()):
-            counts[row, zlib.crc32(word.encode()) % BUCKETS] += 1.0
-    out = np.log1p(counts) @ PROJECTION
+def vectors(texts: list[str], chunk: int = 4096) -> np.ndarray:
+    """Hashed bag of words through a fixed projection, unit length (in chunks: the counts
+    of a million texts would take 16 GB)."""
+    out = np.empty((len(texts), DIMS), dtype=np.float32)
+    for start in range(0, len(texts), chunk):
+        part = texts[start : start + chunk]
+        counts = np.zeros((len(part), BUCKETS), dtype=np.float32)
+        for row, text in enumerate(part):
+            for word in WORD.findall(text.lower()):
+                counts[row, zlib.crc32(word.encode()) % BUCKETS] += 1.0
+        out[start : start + len(part)] = np.log1p(counts) @ PROJECTION
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
     return out
 
@@ -134,6 +144,40 @@ async def measure(
     return row
 
 
+def kinds(n: int) -> list[dict[str, Any]]:
+    """Each index kind over n vectors: build s, bytes per vector, reopen s, recall@10."""
+    from service.runtime.collections import IndexDefaults
+    from service.runtime.index import INDEX_KINDS, VectorIndex
+
+    x = vectors(paragraphs(n + 200))
+    x, queries = x[:n], x[n:]
+    exact = np.argsort(-(queries @ x.T), axis=1)[:, :10]
+    rows = []
+    for kind in INDEX_KINDS:
+        spec = IndexSpec(kind, IndexDefaults().params(kind))
+        started = time.perf_counter()
+        index = VectorIndex.create(spec, DIMS, x if kind != "flat" else None, n)
+        index.add(np.arange(n), x)
+        build_s = time.perf_counter() - started
+        data = index.to_bytes()
+        started = time.perf_counter()
+        VectorIndex.from_bytes(spec, DIMS, data, index.trained_on)
+        reopen_s = time.perf_counter() - started
+        _, ids = index.search(queries, 10 * index.refine)
+        found = 0
+        for q, cand, truth in zip(queries, ids, exact, strict=True):
+            cand = cand[cand >= 0]
+            top = cand[np.argsort(-(x[cand] @ q))[:10]] if index.refine > 1 else cand[:10]
+            found += len(set(top.tolist()) & set(truth.tolist()))
+        row = {"kind": kind, "params": dict(spec.params), "vectors": n, "build_s": build_s,
+               "bytes_per_vector": len(data) / n, "reopen_s": reopen_s,
+               "recall@10": found / (10 * len(queries)),
+               "GB_at_1M": len(data) / n * 1e6 / 1e9}  # fmt: skip
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def plot(rows: list[dict[str, Any]]) -> Path:
     import matplotlib
 
@@ -165,7 +209,15 @@ def main() -> int:
     parser.add_argument("--stores", nargs="+", default=["local", "postgres"])
     parser.add_argument("--store", help="a PostgreSQL URL (default: a throwaway server)")
     parser.add_argument("--kind", default="hnsw", choices=["flat", "hnsw"])
+    parser.add_argument("--kinds", type=int, default=0, help="only the index kinds, N vectors")
     args = parser.parse_args()
+    if args.kinds:
+        found = kinds(args.kinds)
+        cols = ["kind", "build_s", "bytes_per_vector", "GB_at_1M", "reopen_s", "recall@10"]
+        print(f"\n{machine()}; {args.kinds} vectors; hashed bag of words, projected\n")
+        print(table(cols, [[r[c] for c in cols] for r in found]))
+        save_json("scale_kinds", {"rows": found, "machine": machine()})
+        return 0
     from service.runtime.store.local import LocalStore
     from service.runtime.store.postgres import PostgresOptions, PostgresStore
 
