@@ -16,7 +16,8 @@ a real encoder's do, and near-duplicates are near.
     .venv/bin/python bench/scale.py --sizes 1000000 --stores local   # needs the RAM below
     .venv/bin/python bench/scale.py --kinds 50000   # the index kinds alone, per vector
 
-Figures to bench/out/scale.json, a plot to bench/plots/scale.png. `--kinds N` instead builds
+Figures to bench/out/scale.json (after each row), a plot to bench/plots/scale.png (--out
+names them). `--kinds N` instead builds
 each FAISS index kind over N of these vectors (the service's default parameters) and reports
 build seconds, bytes per vector (its FAISS file, which is what it holds in memory), reopen
 seconds and recall@10 against exact search (ivf_pq re-scored on the exact vectors, as the
@@ -178,7 +179,7 @@ def kinds(n: int) -> list[dict[str, Any]]:
     return rows
 
 
-def plot(rows: list[dict[str, Any]]) -> Path:
+def plot(rows: list[dict[str, Any]], name: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,7 +199,7 @@ def plot(rows: list[dict[str, Any]]) -> Path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     PLOTS.mkdir(parents=True, exist_ok=True)
-    out = PLOTS / "scale.png"
+    out = PLOTS / f"{name}.png"
     fig.savefig(out, dpi=100)
     return out
 
@@ -210,6 +211,7 @@ def main() -> int:
     parser.add_argument("--store", help="a PostgreSQL URL (default: a throwaway server)")
     parser.add_argument("--kind", default="hnsw", choices=["flat", "hnsw"])
     parser.add_argument("--kinds", type=int, default=0, help="only the index kinds, N vectors")
+    parser.add_argument("--out", default="scale", help="the JSON's and the plot's name")
     args = parser.parse_args()
     if args.kinds:
         found = kinds(args.kinds)
@@ -242,6 +244,7 @@ def main() -> int:
                 row = asyncio.run(measure(store, disk, n, args.kind, texts, x))
                 rows.append({"store": label, **row})
                 print(rows[-1], flush=True)
+                save_json(args.out, {"rows": rows, "kind": args.kind, "machine": machine()})
     finally:
         if server_pg is not None:
             server_pg.cleanup()
@@ -250,8 +253,7 @@ def main() -> int:
     cols += [f"{m}_{p}_ms" for m in ("dense", "lexical", "hybrid") for p in ("p50", "p99")]
     print(f"\n{machine()}; index {args.kind}; vectors: hashed bag of words, projected\n")
     print(table(cols, [[r[c] for c in cols] for r in rows]))
-    save_json("scale", {"rows": rows, "kind": args.kind, "machine": machine()})
-    print(f"plot: {plot(rows)}")
+    print(f"plot: {plot(rows, args.out)}")
     return 0
 
 
