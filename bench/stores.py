@@ -10,6 +10,12 @@ store's exact results and its queries/s. For PostgreSQL also `simsvc index --eng
 
 Bundle: all-MiniLM-L6-v2 (mean pooling, max length 256, no whitening), built once into
 bench/out/bundles. One query at a time; figures to bench/out/stores.json.
+
+    .venv/bin/python bench/stores.py --indexing-only --docs 1000
+
+measures only the two bulk paths into PostgreSQL, in one run on the same corpus slice:
+HTTP NDJSON (`simsvc index` against a server with --threads ONNX threads) and
+`--engine ray --actors N` (Ray start-up included); figures to bench/out/stores_indexing.json.
 """
 
 from __future__ import annotations
@@ -99,11 +105,44 @@ def _measure(
     }
 
 
+def _indexing_only(args: argparse.Namespace, store: str, model: Path, corpus: Path) -> None:
+    """HTTP NDJSON and Ray into PostgreSQL on the first --docs documents: docs/s and ratio."""
+    part = Path(tempfile.mkdtemp(prefix="simsvc-bench-corpus-")) / "corpus.jsonl"
+    with corpus.open() as src, part.open("w") as dst:
+        lines = [line for line in src if line.strip()][: args.docs]
+        dst.writelines(lines)
+    n = len(lines)
+    server = Server(model, 8731, args.threads, {"SIMSVC_STORE": store})
+    try:
+        http_s = _index_http("http://127.0.0.1:8731", part, "scifact-http")
+    finally:
+        server.stop()
+    ray_s = _index_ray(store, model, part, "scifact-ray", args.actors)
+    load = os.getloadavg()
+    print(f"\n{machine()}; {n} SciFact abstracts into PostgreSQL; load average {load[0]:.1f}")
+    print(
+        table(
+            ["path", "seconds", "docs/s"],
+            [[f"HTTP NDJSON ({args.threads} ONNX threads)", http_s, n / http_s],
+             [f"Ray, {args.actors} actors (start-up included)", ray_s, n / ray_s]],
+        )
+    )  # fmt: skip
+    print(f"Ray / HTTP: {http_s / ray_s:.2f}x")
+    save_json("stores_indexing", {"docs": n, "http_docs_per_s": n / http_s,
+                                  "ray_docs_per_s": n / ray_s, "ratio": http_s / ray_s,
+                                  "threads": args.threads, "actors": args.actors,
+                                  "load_average": load, "machine": machine()})  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", help="a PostgreSQL URL (default: a throwaway server)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--docs", type=int, default=0, help="the first N documents (0: all)")
+    parser.add_argument(
+        "--indexing-only", action="store_true", help="only HTTP vs Ray indexing into PostgreSQL"
+    )
     args = parser.parse_args()
     shared = shared_dir()
     scifact = shared / "data" / "scifact"
@@ -121,6 +160,13 @@ def main() -> int:
         base = Path(tempfile.mkdtemp(prefix="simsvc-bench-pg-"))
         server_pg = get_server(base / "data", cleanup_mode="delete")
         store = server_pg.get_uri()
+    if args.indexing_only:
+        try:
+            _indexing_only(args, store, model, corpus)
+        finally:
+            if server_pg is not None:
+                server_pg.cleanup()
+        return 0
     data = Path(tempfile.mkdtemp(prefix="simsvc-bench-data-"))
     rows = []
     try:

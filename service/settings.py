@@ -278,4 +278,6 @@ class Settings(BaseSettings):
             "ef_search": self.hnsw_max_ef_search,
             "nlist": self.ivf_max_nlist,
             "nprobe": self.ivf_max_nprobe,
+            "pq_m": PARAM_RANGES["pq_m"][1],
+            "refine": PARAM_RANGES["refine"][1],
         }

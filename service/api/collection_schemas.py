@@ -74,6 +74,13 @@ class IvfParams(StrictModel):
     nprobe: Integer | None = _param("nprobe", "lists searched per query")
 
 
+class IvfPqParams(IvfParams):
+    pq_m: Integer | None = _param("pq_m", "bytes per vector (sub-quantisers; a divisor of dims)")
+    refine: Integer | None = _param(
+        "refine", "candidates per result re-scored on the exact vectors on disk; 1: none"
+    )
+
+
 class FlatParams(StrictModel):
     """Exact search takes no parameters."""
 
@@ -93,7 +100,31 @@ class IvfIndex(StrictModel):
     params: IvfParams = Field(default_factory=IvfParams)
 
 
-IndexOptions = Annotated[FlatIndex | HnswIndex | IvfIndex, Field(discriminator="kind")]
+class HnswSq8Index(StrictModel):
+    """hnsw over 8-bit scalar-quantised vectors (local store): a quarter of the memory."""
+
+    kind: Literal["hnsw_sq8"]
+    params: HnswParams = Field(default_factory=HnswParams)
+
+
+class IvfSq8Index(StrictModel):
+    """Inverted lists of 8-bit scalar-quantised vectors (local store)."""
+
+    kind: Literal["ivf_sq8"]
+    params: IvfParams = Field(default_factory=IvfParams)
+
+
+class IvfPqIndex(StrictModel):
+    """Inverted lists of product-quantised codes with an exact refine (local store)."""
+
+    kind: Literal["ivf_pq"]
+    params: IvfPqParams = Field(default_factory=IvfPqParams)
+
+
+IndexOptions = Annotated[
+    FlatIndex | HnswIndex | IvfIndex | HnswSq8Index | IvfSq8Index | IvfPqIndex,
+    Field(discriminator="kind"),
+]
 
 
 class LexicalOptions(StrictModel):

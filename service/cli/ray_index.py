@@ -2,9 +2,10 @@
 each writing through the same path as an HTTP upload.
 
 `simsvc index FILE... --engine ray` runs it. Each actor builds the bundle's engine once
-(`Engine.from_bundle`; the bundle's bytes travel through Ray's object store, so a cluster's
-workers need no shared disk for it) with a few ONNX threads, and hands each batch to
-`Collections.upsert` on the PostgreSQL store, the call behind
+(`Engine.from_bundle`; on a cluster the bundle's bytes travel through Ray's object store, so
+its workers need no shared disk for it; a local Ray's actors read it in place) with a few
+ONNX threads, and hands each batch to `Collections.upsert` on the PostgreSQL store, the call
+behind
 `POST /v1/collections/{name}/documents`: the same checks, encoding, whitening and
 transaction, one per batch, as if replicas of the service were sent the batches. The
 store's advisory locks let the actors write side by side. Resumable by id: documents whose
@@ -12,14 +13,19 @@ id the collection holds already are skipped (use --no-resume to write them again
 repeated within a batch keeps its later line; across batches, the batch written last wins.
 
 On a small machine Ray's default of one CPU per actor leaves nothing for the read tasks and
-the pipeline stalls: actors ask for a fraction of a CPU (`actor_cpus`). `ray.shutdown()`
-always runs, also after an error.
+the pipeline stalls: actors ask for a fraction of a CPU (`actor_cpus`). A JSONL file is read
+as one block, and Ray hands a block to one actor: the lines are re-cut into blocks of a batch
+(a streaming repartition) so that every actor works. A local Ray starts without its
+dashboard, with a small object store (the batches are a few hundred kB) and the machine's
+CPUs; ONNX threads x actors should not exceed them. `ray.shutdown()` always runs, also after
+an error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -44,6 +50,9 @@ log = logging.getLogger("simsvc.index")
 
 RAY_HINT = "--engine ray needs Ray Data: pip install 'ray[data]'"
 LINE = "__simsvc_line"
+OBJECT_STORE_BYTES = 256 << 20
+"""A local Ray's object store: batches of text are small; the default (30 % of memory) costs
+start-up time and memory for nothing."""
 
 
 @dataclass
@@ -90,7 +99,7 @@ class _Upsert:
 
     def __init__(self, files: dict[str, bytes], opts: RayIndexOptions, done: set[str]) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="simsvc-actor-")
-        root = Path(self._dir.name)
+        root = Path(self._dir.name) if files else opts.bundle  # a local Ray reads it in place
         for name, data in files.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             (root / name).write_bytes(data)
@@ -215,9 +224,13 @@ def index_with_ray(
                 done = loop.run_until_complete(store.ids(opts.collection))
         if done:
             say(f"resuming: {len(done)} documents of {opts.collection} are there already")
-        ray.init(address=opts.address, include_dashboard=False, log_to_driver=False)
+        local: dict[str, Any] = {}
+        if opts.address is None:
+            local = {"num_cpus": os.cpu_count() or 1, "object_store_memory": OBJECT_STORE_BYTES}
+        ray.init(address=opts.address, include_dashboard=False, log_to_driver=False, **local)
         try:
-            indexed = _run(ray, opts, _bundle_files(opts.bundle), done, progress)
+            files = _bundle_files(opts.bundle) if opts.address else {}
+            indexed = _run(ray, opts, files, done, progress)
         finally:
             ray.shutdown()
         count = int(loop.run_until_complete(collections.info(opts.collection))["count"])
@@ -238,13 +251,17 @@ def _run(
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
-    ds = _read(opts.files).map_batches(
-        _Upsert,
-        fn_constructor_args=(files, opts, done),
-        batch_size=opts.batch,
-        batch_format="numpy",
-        concurrency=opts.actors,
-        num_cpus=opts.actor_cpus,
+    ds = (
+        _read(opts.files)
+        .repartition(target_num_rows_per_block=opts.batch)
+        .map_batches(
+            _Upsert,
+            fn_constructor_args=(files, opts, done),
+            batch_size=opts.batch,
+            batch_format="numpy",
+            concurrency=opts.actors,
+            num_cpus=opts.actor_cpus,
+        )
     )
     indexed = 0
     with tqdm(

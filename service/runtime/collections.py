@@ -27,7 +27,7 @@ from service.errors import (
 )
 from service.runtime.engine import Engine
 from service.runtime.imported import raw_vectors
-from service.runtime.index import PARAMS, IndexKind, IndexSpec
+from service.runtime.index import PARAMS, IndexKind, IndexSpec, param_setting
 from service.runtime.lexical import ANALYZERS
 from service.runtime.search import (
     SEARCH_MODES,
@@ -83,9 +83,11 @@ class IndexDefaults:
     hnsw_ef_search: int = 512
     ivf_nlist: int = 0
     ivf_nprobe: int = 48
+    ivf_pq_m: int = 48
+    ivf_refine: int = 8
 
     def params(self, kind: IndexKind) -> dict[str, int]:
-        return {name: int(getattr(self, f"{kind}_{name}")) for name in PARAMS[kind]}
+        return {name: int(getattr(self, param_setting(kind, name))) for name in PARAMS[kind]}
 
 
 def model_of(engine: Engine) -> ModelInfo:

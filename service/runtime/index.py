@@ -1,6 +1,6 @@
 """FAISS behind a small typed interface: inner product over unit vectors, int64 ids.
 
-Three kinds, each addressable by id so updates and deletes work for all of them:
+Six kinds, each addressable by id so updates and deletes work for all of them:
 
 - `flat`: exact search (`IDMap2,Flat`); ids are removed for real.
 - `hnsw`: a graph (`IDMap2,HNSW`); FAISS cannot remove from it, so removed ids stay in the
@@ -8,6 +8,18 @@ Three kinds, each addressable by id so updates and deletes work for all of them:
   over-fetches by their number and rebuilds when they pile up.
 - `ivf`: inverted lists (`IVF,Flat`); ids are removed for real. It needs training, so a
   collection too small to train one is searched exactly until it has grown enough.
+
+Three compressed kinds keep a million 384-d vectors well inside a 2 GB server (float32 costs
+1,536 B a vector; a flat index of a million, 1.5 GB, before the graph):
+
+- `hnsw_sq8`: the graph over 8-bit scalar-quantised vectors (384 B each, ranges trained on a
+  sample); tombstones like `hnsw`.
+- `ivf_sq8`: inverted lists of 8-bit vectors (`IVF,SQ8`).
+- `ivf_pq`: inverted lists of product-quantised codes (`pq_m` bytes a vector; no polysemous
+  training: it takes minutes) with a refine step: the search takes `refine` x k candidates
+  and the caller re-scores them on the exact vectors it keeps on disk (`refine` 1: none).
+
+Every kind but flat and hnsw trains, and is searched exactly (a flat index) until trained.
 
 FAISS is untyped; this module is the only one that touches it.
 """
@@ -23,15 +35,27 @@ import numpy as np
 
 from service.runtime.types import FloatArray, IntArray
 
-IndexKind = Literal["flat", "hnsw", "ivf"]
-INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "hnsw", "ivf")
+IndexKind = Literal["flat", "hnsw", "ivf", "hnsw_sq8", "ivf_sq8", "ivf_pq"]
+INDEX_KINDS: tuple[IndexKind, ...] = ("flat", "hnsw", "ivf", "hnsw_sq8", "ivf_sq8", "ivf_pq")
+IVF_KINDS: frozenset[str] = frozenset({"ivf", "ivf_sq8", "ivf_pq"})
+TRAINED_KINDS: frozenset[str] = IVF_KINDS | {"hnsw_sq8"}
+GRAPH_KINDS: frozenset[str] = frozenset({"hnsw", "hnsw_sq8"})
 
 PARAMS: dict[IndexKind, tuple[str, ...]] = {
     "flat": (),
     "hnsw": ("m", "ef_construction", "ef_search"),
     "ivf": ("nlist", "nprobe"),
+    "hnsw_sq8": ("m", "ef_construction", "ef_search"),
+    "ivf_sq8": ("nlist", "nprobe"),
+    "ivf_pq": ("nlist", "nprobe", "pq_m", "refine"),
 }
 """The parameters each kind takes (all positive integers; ivf's nlist 0 means automatic)."""
+
+PQ_BITS = 8
+"""Bits per product-quantiser code: 256 centroids per sub-vector."""
+PQ_MIN_TRAINING = 2560
+"""FAISS's k-means needs at least 256 points for 256 centroids; ten per centroid keeps the
+codebooks usable (FAISS would like 39)."""
 
 PARAM_RANGES: dict[str, tuple[int, int]] = {
     "m": (2, 256),
@@ -39,6 +63,8 @@ PARAM_RANGES: dict[str, tuple[int, int]] = {
     "ef_search": (1, 100_000),
     "nlist": (0, 1 << 20),
     "nprobe": (1, 1 << 20),
+    "pq_m": (1, 1024),
+    "refine": (1, 100),
 }
 """The widest value range of each parameter: beyond these FAISS overflows its C int, or the
 graph needs more memory per vector than any deployment has (m), or a search or build takes
@@ -77,6 +103,16 @@ class IndexSpec:
         return {"kind": self.kind, "params": dict(self.params)}
 
 
+def param_setting(kind: IndexKind, name: str) -> str:
+    """The setting that holds a kind's default for a parameter: the compressed kinds share
+    their family's (`hnsw_sq8`'s m is `hnsw_m`); `ivf_pq` has `ivf_pq_m` and `ivf_refine`."""
+    if name == "pq_m":
+        return "ivf_pq_m"
+    if name == "refine":
+        return "ivf_refine"
+    return f"{'hnsw' if kind in GRAPH_KINDS else 'ivf'}_{name}"
+
+
 def ivf_lists(spec: IndexSpec, documents: int) -> int:
     """The number of inverted lists for a collection of this size (nlist 0: about sqrt(n))."""
     wanted = spec.params["nlist"] or round(math.sqrt(documents))
@@ -84,8 +120,35 @@ def ivf_lists(spec: IndexSpec, documents: int) -> int:
 
 
 def ivf_min_training(spec: IndexSpec, min_documents: int) -> int:
-    """Documents needed before an ivf index is trained (searched exactly until then)."""
-    return max(min_documents, spec.params["nlist"] * IVF_POINTS_PER_LIST)
+    """Documents needed before a trained kind is trained (searched exactly until then)."""
+    need = max(min_documents, spec.params.get("nlist", 0) * IVF_POINTS_PER_LIST)
+    return max(need, PQ_MIN_TRAINING) if spec.kind == "ivf_pq" else need
+
+
+def training_sample(spec: IndexSpec, documents: int) -> int:
+    """How many stored vectors to train a kind on."""
+    if spec.kind == "hnsw_sq8":
+        return 65_536  # per-dimension ranges: a sample of this size pins them down
+    wanted = ivf_lists(spec, documents) * IVF_MAX_TRAIN_PER_LIST
+    return max(wanted, 256 * IVF_MAX_TRAIN_PER_LIST) if spec.kind == "ivf_pq" else wanted
+
+
+def pq_subquantizers(wanted: int, dims: int) -> int:
+    """The largest divisor of dims not above `wanted` (FAISS splits vectors evenly)."""
+    return max(m for m in range(1, min(wanted, dims) + 1) if dims % m == 0)
+
+
+def _factory(spec: IndexSpec, dims: int, documents: int) -> str:
+    """The FAISS factory string of a trained kind."""
+    p = spec.params
+    if spec.kind == "hnsw_sq8":
+        return f"IDMap2,HNSW{p['m']}_SQ8"
+    nlist = ivf_lists(spec, documents)
+    if spec.kind == "ivf_sq8":
+        return f"IVF{nlist},SQ8"
+    if spec.kind == "ivf_pq":
+        return f"IVF{nlist},PQ{pq_subquantizers(p['pq_m'], dims)}x{PQ_BITS}np"
+    return f"IVF{nlist},Flat"
 
 
 def set_threads(threads: int) -> None:
@@ -110,8 +173,8 @@ class VectorIndex:
     def create(
         cls, spec: IndexSpec, dims: int, train: FloatArray | None = None, documents: int = 0
     ) -> VectorIndex:
-        """An empty index; ivf is trained on `train` (a sample of `documents`) when given,
-        else searched exactly until trained."""
+        """An empty index; a trained kind is trained on `train` (a sample of `documents`)
+        when given, else searched exactly (a flat index) until trained."""
         import faiss
 
         if spec.kind == "hnsw":
@@ -121,15 +184,18 @@ class VectorIndex:
             graph: Any = faiss.downcast_index(index.index)
             graph.hnsw.efConstruction = spec.params["ef_construction"]
             return cls(spec, dims, index, 0)
-        if spec.kind == "ivf" and train is not None and len(train) >= IVF_POINTS_PER_LIST:
+        if spec.kind in TRAINED_KINDS and train is not None and len(train) >= IVF_POINTS_PER_LIST:
             documents = max(documents, len(train))
-            nlist = ivf_lists(spec, documents)
-            index = faiss.index_factory(dims, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+            index = faiss.index_factory(
+                dims, _factory(spec, dims, documents), faiss.METRIC_INNER_PRODUCT
+            )
+            if spec.kind == "hnsw_sq8":
+                graph = faiss.downcast_index(index.index)
+                graph.hnsw.efConstruction = spec.params["ef_construction"]
             sample = train
-            if len(train) > nlist * IVF_MAX_TRAIN_PER_LIST:
-                rows = np.random.default_rng(0).choice(
-                    len(train), nlist * IVF_MAX_TRAIN_PER_LIST, replace=False
-                )
+            limit = training_sample(spec, documents)
+            if len(train) > limit:
+                rows = np.random.default_rng(0).choice(len(train), limit, replace=False)
                 sample = train[np.sort(rows)]
             index.train(np.ascontiguousarray(sample, dtype=np.float32))
             return cls(spec, dims, index, documents)
@@ -160,12 +226,17 @@ class VectorIndex:
     @property
     def exact(self) -> bool:
         """True when a search with k = ntotal ranks every vector held (flat, untrained ivf)."""
-        return self.spec.kind == "flat" or (self.spec.kind == "ivf" and self.trained_on == 0)
+        return self.spec.kind == "flat" or (self.spec.kind in TRAINED_KINDS and not self.trained_on)
 
     @property
     def removes(self) -> bool:
-        """False for hnsw: removed ids stay behind as tombstones."""
-        return self.spec.kind != "hnsw"
+        """False for the graphs: removed ids stay behind as tombstones."""
+        return self.spec.kind not in GRAPH_KINDS or (self.spec.kind == "hnsw_sq8" and self.exact)
+
+    @property
+    def refine(self) -> int:
+        """Candidates per result the caller re-scores on exact vectors (1: none)."""
+        return self.spec.params["refine"] if self.spec.kind == "ivf_pq" and self.trained_on else 1
 
     def add(self, ids: IntArray, vectors: FloatArray) -> None:
         """Add unit vectors under the given ids (the caller never reuses an id)."""
@@ -192,10 +263,10 @@ class VectorIndex:
         import faiss
 
         k = max(1, min(k, self.ntotal))
-        if self.spec.kind == "hnsw":
+        if self.spec.kind == "hnsw" or (self.spec.kind == "hnsw_sq8" and self.trained_on):
             graph: Any = faiss.downcast_index(self._index.index)
             graph.hnsw.efSearch = max(self.spec.params["ef_search"], k)
-        elif self.spec.kind == "ivf" and self.trained_on:
+        elif self.spec.kind in IVF_KINDS and self.trained_on:
             self._index.nprobe = min(self.spec.params["nprobe"], int(self._index.nlist))
         scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return cast(FloatArray, scores), cast(IntArray, ids)
@@ -204,7 +275,18 @@ class VectorIndex:
         """Kind, parameters and state, for the collection's info."""
         out = self.spec.as_dict()
         out["vectors"] = self.ntotal
-        if self.spec.kind == "ivf":
+        if self.spec.kind in TRAINED_KINDS:
             out["trained_on"] = self.trained_on
+        if self.spec.kind in IVF_KINDS:
             out["lists"] = int(self._index.nlist) if self.trained_on else 0
         return out
+
+    def bytes_per_vector(self) -> int:
+        """What FAISS keeps per vector for the codes themselves (graphs and id maps extra)."""
+        if self.spec.kind == "flat" or self.exact:
+            return 4 * self.dims
+        if self.spec.kind in ("hnsw_sq8", "ivf_sq8"):
+            return self.dims
+        if self.spec.kind == "ivf_pq":
+            return pq_subquantizers(self.spec.params["pq_m"], self.dims) * PQ_BITS // 8
+        return 4 * self.dims

@@ -572,3 +572,23 @@ def test_an_index_that_cannot_be_rebuilt_on_start_does_not_stop_the_service(
     assert info["count"] == 10 and info["index"]["state"] == "degraded"
     assert _search(second, "h", docs[3]["text"], k=1)[0]["id"] == "d3"
     assert second.delete("/v1/collections/h").status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["hnsw_sq8", "ivf_sq8", "ivf_pq"])
+def test_compressed_kinds_are_the_local_stores(
+    cclient: TestClient, coll_settings: Settings, kind: str
+) -> None:
+    """The FAISS-compressed kinds are selectable per collection on the local store; the
+    PostgreSQL store refuses them by name (pgvector has no such index)."""
+    resp = cclient.put("/v1/collections/z", json={"index": {"kind": kind}})
+    if coll_settings.store is not None:
+        assert "local store" in _error(resp, 422, "validation")
+        return
+    assert resp.status_code == 201, resp.text
+    docs = _docs(45)
+    _index(cclient, "z", docs)
+    info = cclient.get("/v1/collections/z").json()["index"]
+    assert info["kind"] == kind and info["vectors"] == 45
+    assert _search(cclient, "z", docs[20]["text"], k=1)[0]["id"] == "d20"
+    bad = cclient.put("/v1/collections/z", json={"index": {"kind": kind, "params": {"pq_m": 0}}})
+    assert bad.status_code == 422

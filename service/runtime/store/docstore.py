@@ -124,6 +124,22 @@ class StoreReader:
                 out[int(seq)] = _document(doc_id, text, metadata)
         return out
 
+    def vectors_of(self, seqs: Sequence[int]) -> tuple[IntArray, FloatArray]:
+        """The raw vectors of the live documents among `seqs` (a refine step's exact re-score
+        reads them from disk rather than keeping float32 copies in memory)."""
+        found: list[int] = []
+        blobs: list[bytes] = []
+        for start in range(0, len(seqs), _CHUNK):
+            part = [int(s) for s in seqs[start : start + _CHUNK]]
+            marks = ",".join("?" * len(part))
+            for seq, blob in self._conn.execute(
+                f"SELECT seq, vector FROM documents WHERE seq IN ({marks})", part
+            ):
+                found.append(int(seq))
+                blobs.append(blob)
+        flat = np.frombuffer(b"".join(blobs), dtype=np.float32)
+        return np.array(found, dtype=np.int64), flat.reshape(len(found), -1)
+
     def vectors(
         self, after: int = 0, where: Filter | None = None, chunk: int = 4096
     ) -> Iterator[tuple[IntArray, FloatArray]]:

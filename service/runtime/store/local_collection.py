@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.runtime.index import IndexSpec, ivf_min_training
+from service.runtime.index import TRAINED_KINDS, IndexSpec, ivf_min_training
 from service.runtime.store.base import (
     CollectionObserver,
     CollectionSpec,
@@ -346,11 +346,11 @@ class LocalCollection:
         if self.view is None:
             return "repair" if time.monotonic() >= self._repair_at else None
         index, live = self.view.index, self.store.count
-        if index.spec.kind == "hnsw":
+        if not index.removes:
             dead = index.ntotal - live
             if dead > 0 and dead > self.options.rebuild_dead_fraction * live:
                 return "tombstones"
-        if index.spec.kind == "ivf":
+        if index.spec.kind in TRAINED_KINDS:
             need = ivf_min_training(index.spec, self.options.ivf_min_documents)
             if live >= max(need, self.options.ivf_retrain_growth * index.trained_on):
                 return "train"

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from service.runtime.index import (
-    IVF_MAX_TRAIN_PER_LIST,
+    TRAINED_KINDS,
     IndexSpec,
     VectorIndex,
-    ivf_lists,
     ivf_min_training,
+    training_sample,
 )
 from service.runtime.store.base import WhiteningState, embed
 from service.runtime.store.docstore import DocStore
@@ -58,8 +58,8 @@ def build_view(
         seq = r.seq()
         live = r.count()
         train = None
-        if spec.kind == "ivf" and live >= ivf_min_training(spec, ivf_min_documents):
-            sample = r.sample(ivf_lists(spec, live) * IVF_MAX_TRAIN_PER_LIST)
+        if spec.kind in TRAINED_KINDS and live >= ivf_min_training(spec, ivf_min_documents):
+            sample = r.sample(training_sample(spec, live))
             if sample is not None:
                 train = embed(white, dims, sample)
         view = IndexView(VectorIndex.create(spec, dims, train, live), white, dims, seq)

@@ -23,21 +23,28 @@ def search_view(
 ) -> list[Hit]:
     """The k nearest live documents matching the filter, `query` already embedded.
 
-    Over-fetches by the filter's oversampling and by hnsw's tombstones, widens while too
-    few candidates survive, and falls back to an exact scan of the matching documents when
+    Over-fetches by the filter's oversampling, by hnsw's tombstones and by the index's refine
+    factor (whose candidates are re-scored on the exact vectors stored on disk), widens while
+    too few candidates survive, and falls back to an exact scan of the matching documents when
     the approximate index runs dry or the candidates grow too many.
     """
     total = view.index.ntotal
     if total == 0:
         return []
     dead = max(0, total - store.count)
-    fetch = min(total, k * (filter_oversample if where else 1) + dead)
+    refine = view.index.refine
+    fetch = min(total, k * refine * (filter_oversample if where else 1) + dead)
     while True:
         with view.lock:
             scores, ids = view.index.search(query, fetch)
         found = ids[0] >= 0
         seqs, values = ids[0][found], scores[0][found]
         with store.read() as r:
+            if refine > 1 and len(seqs):
+                seqs, raw = r.vectors_of(seqs.tolist())
+                values = view.embed(raw) @ query[0]
+                order = np.argsort(-values, kind="stable")
+                seqs, values = seqs[order], values[order]
             docs = r.fetch(seqs.tolist(), where)
         hits = [
             Hit(docs[s], float(v))

@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from service.errors import ValidationError
 from service.runtime.index import IndexSpec, ivf_lists
 from service.runtime.store.base import (
     CollectionObserver,
@@ -237,6 +238,7 @@ class PostgresStore(CollectionStore):
     # -- writes --------------------------------------------------------------------------
 
     async def create(self, name: str, spec: CollectionSpec) -> bool:
+        pgvector_kind(spec.index)
         pool = self._pool.need_pool()
         with self._pool.errors():
             async with pool.connection() as conn, conn.transaction():
@@ -324,12 +326,24 @@ class PostgresStore(CollectionStore):
         analyzer: str | None = None,
         search: Mapping[str, Any] | None = None,
     ) -> None:
+        if index is not None:
+            pgvector_kind(index)
         await self._rebuilder.rebuild(
             name, "reconfigure", spec=index, dims=dims, analyzer=analyzer, search=search
         )
 
     async def refit(self, name: str, fitter: WhiteningFitter) -> None:
         await self._rebuilder.rebuild(name, "refit", fitter=fitter)
+
+
+def pgvector_kind(spec: IndexSpec) -> None:
+    """pgvector builds flat, hnsw and ivf(flat) indexes; the FAISS-compressed kinds are the
+    local store's (PostgreSQL keeps its vectors in the table, not in server memory)."""
+    if spec.kind not in ("flat", "hnsw", "ivf"):
+        raise ValidationError(
+            f"index kind {spec.kind!r} is the local store's; PostgreSQL takes flat, hnsw or ivf",
+            param="index.kind",
+        )
 
 
 class PostgresEntry(StoredCollection):
