@@ -47,7 +47,11 @@ def test_the_multilingual_recipe_fits_and_judges_on_both_languages(
     names = [p.name for p in opts.whiten_on]
     assert names == ["train.tsv", "train.txt"] == [p.name for p in opts.head_files]
     assert [p.name for p in opts.eval_on] == ["dev.tsv", "dev.txt"]
-    assert opts.quantize == MULTILINGUAL.quantize and opts.fit_sample == MULTILINGUAL.fit_sample
+    assert opts.quantize is None and opts.fit_sample == MULTILINGUAL.fit_sample  # fp32
+    int8 = default_options(
+        Settings(shared=shared, cache_dir=tmp_path / "c", default_quantize="int8-channel")
+    )
+    assert int8.quantize == "int8-channel" and int8.out != opts.out  # one setting away
     command = build_command(opts)
     assert command.count("--head-pairs") == 2 and command.count("--eval-on") == 2
     # one setting away: SIMSVC_MODEL picks the English recipe, English splits only
