@@ -235,9 +235,26 @@ def index_with_ray(
             ray.shutdown()
         count = int(loop.run_until_complete(collections.info(opts.collection))["count"])
     finally:
-        loop.run_until_complete(collections.close())
-        loop.close()
+        _close(loop, collections)
     return RayIndexReport(indexed, len(done), count, time.perf_counter() - started)
+
+
+def _close(loop: asyncio.AbstractEventLoop, collections: Any, timeout_s: float = 30.0) -> None:
+    """Close the store, within a bound, and end what is left on the loop. The loop stood
+    still while Ray ran (its pool's background tasks with it); a close that never returns
+    was seen once in a loaded test run, and must not hang the command after its work is
+    committed."""
+    try:
+        loop.run_until_complete(asyncio.wait_for(collections.close(), timeout_s))
+    except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
+        log.warning("the store did not close within %.0f s; leaving its connections", timeout_s)
+    finally:
+        left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.wait(left, timeout=timeout_s))
+        loop.close()
 
 
 def _run(
