@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from models.datasets import PairSet, read_pairs, read_texts, sniff_format
-from service.runtime.encoder import EncoderCore, Tokenized
+from service.runtime.encoder import EncoderCore, Tokenized, WrappedCore
 from service.runtime.types import FloatArray
 
 FIT_SEED = 0
@@ -102,38 +102,16 @@ class HeadData:
         return "soft labels " + "; ".join(scales)
 
 
-class CachedEncoder:
+class CachedEncoder(WrappedCore):
     """An EncoderCore that runs each distinct token sequence once and reuses its vectors."""
 
     def __init__(self, core: EncoderCore) -> None:
-        self._core = core
+        super().__init__(core)
         self._seen: dict[tuple[int, ...], dict[str, FloatArray]] = {}
         self.runs = 0
         """Sequences actually run through the graph."""
         self.reused = 0
         """Sequences answered from the cache."""
-
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return self._core.outputs
-
-    @property
-    def dims(self) -> int:
-        return self._core.dims
-
-    @property
-    def max_length(self) -> int:
-        return self._core.max_length
-
-    @property
-    def vocab_size(self) -> int:
-        return self._core.vocab_size
-
-    def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
-        return self._core.tokenize(texts)
-
-    def from_ids(self, ids: Sequence[Sequence[int]]) -> list[Tokenized]:
-        return self._core.from_ids(ids)
 
     def infer(self, batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
         keys = [tuple(t.ids) for t in batch]

@@ -65,6 +65,39 @@ class EncoderCore(Protocol):
         ...
 
 
+class WrappedCore:
+    """An `EncoderCore` that passes everything to another one: the base of wrappers that
+    change one step (a prompt before tokenizing, a cache around inference)."""
+
+    def __init__(self, core: EncoderCore) -> None:
+        self._core = core
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self._core.outputs
+
+    @property
+    def dims(self) -> int:
+        return self._core.dims
+
+    @property
+    def max_length(self) -> int:
+        return self._core.max_length
+
+    @property
+    def vocab_size(self) -> int:
+        return self._core.vocab_size
+
+    def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
+        return self._core.tokenize(texts)
+
+    def from_ids(self, ids: Sequence[Sequence[int]]) -> list[Tokenized]:
+        return self._core.from_ids(ids)
+
+    def infer(self, batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
+        return self._core.infer(batch)
+
+
 BATCH_OVERHEAD_TOKENS = 16
 """What one more session run costs, in padded tokens (measured on CPU: ~1.5 ms of fixed cost
 per run against ~0.12 ms per token for a 6x384 BERT)."""

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from service.errors import ValidationError
-from service.runtime.encoder import EncoderCore, Tokenized
-from service.runtime.types import FloatArray
+from service.runtime.encoder import EncoderCore, Tokenized, WrappedCore
 
 Role = Literal["default", "query", "document"]
 """default: /v1/embeddings, /embed, POST / when no prompt_name is given; query: both sides of
@@ -72,40 +71,18 @@ class Prompts:
         return [prefix + t for t in texts] if prefix else list(texts)
 
 
-class PromptedEncoder:
+class PromptedEncoder(WrappedCore):
     """An `EncoderCore` that prepends a fixed prompt before tokenizing: for offline encoding
     (the build's whitening, head and evaluation) of text the service reads with that prompt.
     Texts given as token ids are taken as they are."""
 
     def __init__(self, core: EncoderCore, prompt: str) -> None:
-        self._core = core
+        super().__init__(core)
         self._prompt = prompt
 
     @property
     def prompt(self) -> str:
         return self._prompt
 
-    @property
-    def outputs(self) -> tuple[str, ...]:
-        return self._core.outputs
-
-    @property
-    def dims(self) -> int:
-        return self._core.dims
-
-    @property
-    def max_length(self) -> int:
-        return self._core.max_length
-
-    @property
-    def vocab_size(self) -> int:
-        return self._core.vocab_size
-
     def tokenize(self, texts: Sequence[str]) -> list[Tokenized]:
         return self._core.tokenize([self._prompt + t for t in texts] if self._prompt else texts)
-
-    def from_ids(self, ids: Sequence[Sequence[int]]) -> list[Tokenized]:
-        return self._core.from_ids(ids)
-
-    def infer(self, batch: Sequence[Tokenized]) -> dict[str, FloatArray]:
-        return self._core.infer(batch)
